@@ -1,0 +1,60 @@
+"""The `audiossl` command: one entry point, one verb per task.
+
+Adding a verb is one line in ``VERBS``: ``name -> ("module:function", "one-line help")``. The function receives the
+remaining command-line arguments (``list[str]``) and returns an exit status. Modules are imported only when their verb
+runs, so ``audiossl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from audiossl import __version__
+
+VERBS: dict[str, tuple[str, str]] = {}
+
+
+def register_verb(name: str, target: str, help: str) -> None:
+    """Register ``audiossl NAME`` to call ``target`` (``"package.module:function"``)."""
+    VERBS[name] = (target, help)
+
+
+def _usage() -> str:
+    width = max((len(n) for n in VERBS), default=8)
+    lines = [
+        f"audiossl {__version__} - self-supervised audio transformers",
+        "",
+        "usage: audiossl VERB [ARGS...]      (audiossl VERB --help for the verb's options)",
+        "",
+        "verbs:",
+    ]
+    lines += [f"  {name:<{width}}  {help}" for name, (_, help) in VERBS.items()]
+    lines += ["", "options:", "  -h, --help     show this message", "  --version      print the version"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"audiossl {__version__}")
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"audiossl: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    module_name, func_name = VERBS[verb][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    status = func(rest)
+    return int(status or 0)
+
+
+# --- the verbs --------------------------------------------------------------------------------------------------
+register_verb("bench", "audiossl.bench:main", "benchmarks: front end, encoder, data pipeline, training steps")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

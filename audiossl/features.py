@@ -1,0 +1,219 @@
+"""The audio front end: Kaldi-compatible log-mel filter banks, batched, on any device.
+
+Every published AudioSet transformer (AST, AudioMAE, EAT, SSLAM) was trained on
+
+    torchaudio.compliance.kaldi.fbank(w, htk_compat=True, sample_frequency=16000, use_energy=False,
+                                      window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)
+
+applied to one clip at a time. ``kaldi_fbank`` computes the same numbers for a whole batch ``[B, N]`` in one pass:
+strided framing (a view, no copy), per-frame DC removal, pre-emphasis fused with the window, one real FFT, the power
+spectrum as ``re*re + im*im`` and the mel projection restricted to each band group's non-zero FFT bins. The batch is
+processed in chunks of about ``_CHUNK_FRAMES`` frames so the intermediate buffers stay in cache; that is what makes the
+batched version faster than a per-clip loop instead of ~3x slower.
+
+The FFT input is computed with the same floating-point operations in the same order as torchaudio (mean subtraction,
+equivalent "pre-emphasise the whole waveform, then correct for the mean" is faster but loses the low mel bands to
+cancellation (errors ~2e-3 in log energy on plain noise).
+
+``FrontEnd`` wraps it with the pad/crop and normalisation of the reference recipes; its config travels with every
+checkpoint and export.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+# torchaudio's kaldi uses the float32 machine epsilon as the log floor, whatever the input dtype.
+_LOG_FLOOR = float(torch.finfo(torch.float32).eps)
+_PREEMPHASIS = 0.97
+_LOW_FREQ = 20.0
+_CHUNK_FRAMES = 2048  # frames per chunk on CPU (2048 x 512 floats = 4 MiB of FFT input)
+_MEL_GROUPS = 4
+
+# AudioSet statistics of this exact front end (AudioMAE's constants, rounded as in EAT/SSLAM).
+AUDIOSET_MEAN = -4.268
+AUDIOSET_STD = 4.569
+ESC50_MEAN = -6.627
+ESC50_STD = 5.359
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=32)
+def _fbank_constants(sample_rate: float, num_mel_bins: int, frame_length: float, frame_shift: float):
+    """Window, mel matrix groups and frame geometry for one setting (CPU float64 masters, cast per call)."""
+    from torchaudio.compliance.kaldi import get_mel_banks
+
+    win_len = int(sample_rate * frame_length * 0.001)
+    hop = int(sample_rate * frame_shift * 0.001)
+    if win_len < 2 or hop < 1:
+        raise ValueError(f"frame_length={frame_length} ms / frame_shift={frame_shift} ms are too short at {sample_rate} Hz")
+    n_fft = _next_pow2(win_len)
+    high = 0.5 * sample_rate
+    if num_mel_bins < 1 or _LOW_FREQ >= high:
+        raise ValueError(f"num_mel_bins must be >= 1 and the sample rate above {2 * _LOW_FREQ} Hz")
+    # get_mel_banks returns [num_mel_bins, n_fft // 2]; the Nyquist bin has weight 0 (torchaudio pads it the same way).
+    mel, _ = get_mel_banks(num_mel_bins, n_fft, float(sample_rate), _LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
+    mel = torch.nn.functional.pad(mel, (0, 1)).T.to(torch.float64)  # [n_fft//2 + 1, num_mel_bins]
+    # Split the bands into groups and keep, per group, only the FFT bins where some band of the group is non-zero.
+    groups = []
+    size = math.ceil(num_mel_bins / _MEL_GROUPS)
+    for start in range(0, num_mel_bins, size):
+        cols = mel[:, start : start + size]
+        nz = (cols != 0).any(dim=1).nonzero().flatten()
+        lo, hi = (int(nz.min()), int(nz.max()) + 1) if len(nz) else (0, 1)
+        groups.append((start, start + cols.shape[1], lo, hi, cols[lo:hi].contiguous()))
+    window = torch.hann_window(win_len, periodic=False, dtype=torch.float64)
+    return win_len, hop, n_fft, window, groups
+
+
+@functools.lru_cache(maxsize=64)
+def _device_constants(sample_rate, num_mel_bins, frame_length, frame_shift, device: torch.device, dtype: torch.dtype):
+    win_len, hop, n_fft, _, groups = _fbank_constants(sample_rate, num_mel_bins, frame_length, frame_shift)
+    # The window is made in the working dtype, exactly as torchaudio makes it, so the FFT input is bit-identical.
+    window = torch.hann_window(win_len, periodic=False, device=device, dtype=dtype)
+    mel_groups = [(a, b, lo, hi, m.to(device=device, dtype=dtype)) for a, b, lo, hi, m in groups]
+    return win_len, hop, n_fft, window, mel_groups
+
+
+def num_frames(num_samples: int, sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0) -> int:
+    """Frames kaldi produces for ``num_samples`` samples (snip_edges=True): ``1 + (N - L) // hop``, or 0 if N < L."""
+    win_len = int(sample_rate * frame_length * 0.001)
+    hop = int(sample_rate * frame_shift * 0.001)
+    return 0 if num_samples < win_len else 1 + (num_samples - win_len) // hop
+
+
+def kaldi_fbank(
+    waveforms: torch.Tensor,
+    sample_rate: int = 16000,
+    num_mel_bins: int = 128,
+    frame_length: float = 25.0,
+    frame_shift: float = 10.0,
+    dither: float = 0.0,
+) -> torch.Tensor:
+    """Log-mel filter banks equal to torchaudio's kaldi ``fbank`` with the AST/AudioMAE/EAT settings, per row.
+
+    waveforms: ``[B, N]`` or ``[N]`` float tensor on any device.
+    Returns ``[B, T, num_mel_bins]`` (or ``[T, num_mel_bins]``), ``T = 1 + (N - frame_len) // hop`` (0 if N < frame_len).
+    """
+    if dither != 0.0:
+        raise ValueError("kaldi_fbank supports dither=0.0 only (the setting of every reference recipe)")
+    if not torch.is_tensor(waveforms) or not waveforms.is_floating_point():
+        raise TypeError("kaldi_fbank expects a floating-point tensor [B, N] or [N]")
+    squeeze = waveforms.dim() == 1
+    x = waveforms.unsqueeze(0) if squeeze else waveforms
+    if x.dim() != 2:
+        raise ValueError(f"kaldi_fbank expects [B, N] or [N], got shape {tuple(waveforms.shape)}")
+    win_len, hop, n_fft, window, mel_groups = _device_constants(
+        float(sample_rate), int(num_mel_bins), float(frame_length), float(frame_shift), x.device, x.dtype
+    )
+    B, N = x.shape
+    T = 0 if N < win_len else 1 + (N - win_len) // hop
+    out = torch.empty(B, T, num_mel_bins, device=x.device, dtype=x.dtype)
+    if T == 0 or B == 0:
+        return out.squeeze(0) if squeeze else out
+    x = x.contiguous()
+    chunk = B if x.device.type != "cpu" else max(1, _CHUNK_FRAMES // T)
+    buf = torch.zeros(min(chunk, B), T, n_fft, device=x.device, dtype=x.dtype)  # zero tail = kaldi's padding
+    ybuf = torch.empty(min(chunk, B), T, win_len, device=x.device, dtype=x.dtype)
+    for s in range(0, B, chunk):
+        xc = x[s : s + chunk]
+        b = xc.shape[0]
+        frames = xc.unfold(-1, win_len, hop)  # [b, T, L] view
+        y = torch.sub(frames, frames.mean(dim=-1, keepdim=True), out=ybuf[:b])  # remove each frame's DC offset
+        z = buf[:b, :, :win_len]
+        # pre-emphasis z[i] = y[i] - 0.97 * y[i-1] (z[0] against y[0] itself), then the window, in torchaudio's order
+        torch.mul(y[..., :-1], _PREEMPHASIS, out=z[..., 1:])
+        torch.sub(y[..., 1:], z[..., 1:], out=z[..., 1:])
+        torch.sub(y[..., 0], _PREEMPHASIS * y[..., 0], out=z[..., 0])
+        z.mul_(window)
+        spec = torch.fft.rfft(buf[:b])  # [b, T, n_fft//2 + 1] complex
+        power = torch.mul(spec.real, spec.real)
+        power.addcmul_(spec.imag, spec.imag)
+        power = power.view(b * T, -1)
+        o = out[s : s + b].view(b * T, num_mel_bins)
+        for a, e, lo, hi, m in mel_groups:
+            o[:, a:e] = power[:, lo:hi] @ m
+        o.clamp_min_(_LOG_FLOOR).log_()
+    return out.squeeze(0) if squeeze else out
+
+
+@dataclass
+class FrontEndConfig:
+    """Everything needed to reproduce a model's input from a waveform; stored in every checkpoint and export."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_length: float = 25.0  # ms
+    frame_shift: float = 10.0  # ms
+    target_length: int = 1024  # frames after pad/crop (1024 = 10.24 s)
+    mean: float = AUDIOSET_MEAN  # normalisation: (x - mean) / (2 * std)
+    std: float = AUDIOSET_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FrontEndConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown front-end settings {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+class FrontEnd(nn.Module):
+    """Waveforms ``[B, N]`` -> normalised log-mel ``[B, target_length, num_mel_bins]``.
+
+    fbank -> zero-pad at the end (in the log-mel domain, before normalising) or crop to ``target_length`` frames
+    (the first frames, or a random window per clip when ``random_crop=True``) -> ``(x - mean) / (2 * std)``.
+    """
+
+    def __init__(self, config: FrontEndConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = FrontEndConfig()
+        elif isinstance(config, dict):
+            config = FrontEndConfig.from_dict(config)
+        if overrides:
+            config = FrontEndConfig.from_dict({**config.to_dict(), **overrides})
+        if config.std <= 0:
+            raise ValueError(f"front-end std must be positive, got {config.std}")
+        self.config = config
+
+    def fbank(self, waveforms: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return kaldi_fbank(waveforms, c.sample_rate, c.num_mel_bins, c.frame_length, c.frame_shift)
+
+    def pad_or_crop(self, feats: torch.Tensor, random_crop: bool = False, generator: torch.Generator | None = None):
+        """``[B, T, F]`` -> ``[B, target_length, F]``: zero frames appended at the end, or a crop."""
+        target = self.config.target_length
+        T = feats.shape[1]
+        if T < target:
+            return torch.nn.functional.pad(feats, (0, 0, 0, target - T))
+        if T == target:
+            return feats
+        if not random_crop:
+            return feats[:, :target]
+        starts = torch.randint(0, T - target + 1, (feats.shape[0],), generator=generator)
+        idx = starts[:, None].to(feats.device) + torch.arange(target, device=feats.device)  # [B, target]
+        return torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[2]))
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.config.mean) / (2.0 * self.config.std)
+
+    def forward(self, waveforms: torch.Tensor, random_crop: bool = False) -> torch.Tensor:
+        squeeze = waveforms.dim() == 1
+        feats = self.fbank(waveforms[None] if squeeze else waveforms)
+        out = self.normalize(self.pad_or_crop(feats, random_crop=random_crop))
+        return out[0] if squeeze else out
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())

@@ -1,0 +1,21 @@
+"""Encoders (a registry over one configurable ViT), decoders and heads."""
+
+from audiossl.models.encoder import (
+    AudioEncoder,
+    EncoderConfig,
+    build_encoder,
+    create_encoder,
+    encoder_config,
+    list_encoders,
+    register_encoder,
+)
+
+__all__ = [
+    "AudioEncoder",
+    "EncoderConfig",
+    "build_encoder",
+    "create_encoder",
+    "encoder_config",
+    "list_encoders",
+    "register_encoder",
+]

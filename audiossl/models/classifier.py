@@ -1,0 +1,125 @@
+"""A sound classifier: the shared encoder plus a pooled LayerNorm -> Linear head (the EAT/AudioMAE/AST recipe).
+
+``AudioClassifier`` is what fine-tuning trains, what export writes and what ``audiossl.load_model`` returns. It takes
+the *normalised front-end output* ``[B, T, F]``; ``model.front_end`` (a ``FrontEnd``) turns waveforms into that, so
+the whole description of the model (front end, encoder, head, label names) lives in ``model.config_dict()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from audiossl.features import FrontEnd, FrontEndConfig
+from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
+
+POOLINGS = ("cls", "mean", "prefix")
+
+
+@dataclass
+class HeadConfig:
+    num_classes: int
+    pool: str = "cls"  # "cls": first token; "mean": mean of patch tokens; "prefix": mean of prefix tokens (AST)
+    norm: bool = True  # LayerNorm before the linear layer (EAT's fc_norm)
+    norm_eps: float = 1e-6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown head settings {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
+    """``[B, P + N, D]`` -> ``[B, D]``."""
+    if pool == "cls":
+        if num_prefix_tokens < 1:
+            raise ValueError("pool='cls' needs an encoder with a CLS token")
+        return tokens[:, 0]
+    if pool == "prefix":
+        return tokens[:, :num_prefix_tokens].mean(dim=1)
+    if pool == "mean":
+        return tokens[:, num_prefix_tokens:].mean(dim=1)
+    raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, dim: int, config: HeadConfig):
+        super().__init__()
+        if config.pool not in POOLINGS:
+            raise ValueError(f"pool must be one of {POOLINGS}, got {config.pool!r}")
+        if config.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {config.num_classes}")
+        self.config = config
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps) if config.norm else nn.Identity()
+        self.linear = nn.Linear(dim, config.num_classes)
+        nn.init.trunc_normal_(self.linear.weight, std=0.02)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(pooled))  # [B, C]
+
+
+class AudioClassifier(nn.Module):
+    def __init__(
+        self,
+        encoder: AudioEncoder | EncoderConfig | dict,
+        head: HeadConfig | dict,
+        front_end: FrontEndConfig | dict | None = None,
+        label_names: list[str] | None = None,
+        multi_label: bool = True,
+    ):
+        super().__init__()
+        self.encoder = build_encoder(encoder)
+        self.head_config = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(dict(head))
+        self.head = ClassifierHead(self.encoder.embed_dim, self.head_config)
+        self.front_end = FrontEnd(front_end)
+        if self.front_end.config.num_mel_bins != self.encoder.config.num_mel_bins:
+            raise ValueError(
+                f"front end makes {self.front_end.config.num_mel_bins} mel bins, "
+                f"the encoder expects {self.encoder.config.num_mel_bins}"
+            )
+        if label_names is None:
+            label_names = [f"class_{i}" for i in range(self.head_config.num_classes)]
+        if len(label_names) != self.head_config.num_classes:
+            raise ValueError(f"{len(label_names)} label names for {self.head_config.num_classes} classes")
+        self.label_names = list(label_names)
+        self.multi_label = bool(multi_label)
+
+    def config_dict(self) -> dict:
+        """Everything needed to rebuild this model (no weights)."""
+        return {
+            "encoder": self.encoder.config.to_dict(),
+            "head": self.head_config.to_dict(),
+            "front_end": self.front_end.config.to_dict(),
+            "label_names": self.label_names,
+            "multi_label": self.multi_label,
+        }
+
+    @classmethod
+    def from_config_dict(cls, d: dict) -> "AudioClassifier":
+        return cls(
+            encoder=EncoderConfig.from_dict(d["encoder"]),
+            head=HeadConfig.from_dict(d["head"]),
+            front_end=FrontEndConfig.from_dict(d["front_end"]),
+            label_names=d.get("label_names"),
+            multi_label=d.get("multi_label", True),
+        )
+
+    def forward_features(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``)."""
+        tokens = self.encoder(fbank)
+        P = self.encoder.num_prefix_tokens
+        return pool_tokens(tokens, self.head_config.pool, P), tokens[:, P:]
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Normalised front-end output ``[B, T, F]`` -> logits ``[B, num_classes]``."""
+        pooled, _ = self.forward_features(fbank)
+        return self.head(pooled)

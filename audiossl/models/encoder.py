@@ -1,0 +1,291 @@
+"""The shared ViT patch encoder every objective and every classifier is built on.
+
+Input is a normalised front-end output ``[B, T, F]`` (frames x mel bins). A ``Conv2d`` cuts 16x16 patches (stride 16,
+or overlapping with a smaller stride as in AST); patches are flattened time-major (index ``t * (F/16) + f``), get
+fixed 2-D sin-cos positions computed for whatever ``T`` arrives (or a learned table, for imported AST weights), and
+prefix tokens (one CLS by default) are prepended *without* a position. The trunk is ``depth`` blocks in the ``pre``
+(timm/AST/AudioMAE) or ``post`` (data2vec 2.0/EAT/SSLAM) style; the post style has a LayerNorm over [CLS]+patches
+before the trunk and no final norm, the pre style a final norm and nothing before.
+
+``encoder(x, keep=idx)`` runs only the kept patches (plus prefix tokens) through the trunk: MAE/EAT students drop
+masked tokens this way. ``return_layers=True`` also returns every block's output and FFN output (EAT targets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from audiossl.models.blocks import BLOCK_STYLES, Block
+from audiossl.models.pos_embed import sincos_2d
+
+
+@dataclass
+class EncoderConfig:
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    drop_path: float = 0.0  # stochastic depth, linearly increasing to this value over the blocks
+    block_style: str = "pre"  # "pre" (timm/AST/AudioMAE) or "post" (data2vec 2.0/EAT/SSLAM)
+    num_mel_bins: int = 128
+    patch_size: int = 16
+    patch_stride: int = 16  # < patch_size gives overlapping patches (AST: 10)
+    num_prefix_tokens: int = 1  # CLS (AST: 2, CLS + distillation)
+    pos_embed: str = "sincos"  # "sincos" (fixed, any length) or "learned" (a table over pos_grid, AST)
+    pos_grid: list[int] | None = None  # [time patches, freq patches] of a learned table
+    patch_order: str = "time"  # "time": index t * Fp + f ; "freq": index f * Tp + t (AST)
+    pad_input: bool = True  # pad T up to a whole number of patches; False raises instead
+    name: str = ""  # registry name this config came from (informational)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown encoder settings {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.block_style not in BLOCK_STYLES:
+            raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
+        if self.pos_embed == "sincos" and self.embed_dim % 4:
+            raise ValueError(f"sin-cos positions need embed_dim divisible by 4, got {self.embed_dim}")
+        if self.pos_embed == "learned" and (not self.pos_grid or len(self.pos_grid) != 2):
+            raise ValueError("a learned position table needs pos_grid = [time patches, freq patches]")
+        if self.patch_order not in ("time", "freq"):
+            raise ValueError(f"patch_order must be 'time' or 'freq', got {self.patch_order!r}")
+        if not 0 < self.patch_stride <= self.patch_size:
+            raise ValueError("patch_stride must be in (0, patch_size]")
+        if self.num_mel_bins < self.patch_size:
+            raise ValueError(f"num_mel_bins {self.num_mel_bins} is smaller than a patch ({self.patch_size})")
+        if self.num_prefix_tokens < 0:
+            raise ValueError("num_prefix_tokens must be >= 0")
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, config: EncoderConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = EncoderConfig()
+        elif isinstance(config, dict):
+            config = EncoderConfig.from_dict(config)
+        if overrides:
+            config = EncoderConfig.from_dict({**config.to_dict(), **overrides})
+        config.validate()
+        self.config = c = config
+        D = c.embed_dim
+        self.embed_dim = D
+        self.num_prefix_tokens = c.num_prefix_tokens
+        self.patch_embed = nn.Conv2d(1, D, kernel_size=c.patch_size, stride=c.patch_stride)
+        self.num_freq_patches = (c.num_mel_bins - c.patch_size) // c.patch_stride + 1
+        self.prefix_tokens = nn.Parameter(torch.zeros(1, c.num_prefix_tokens, D)) if c.num_prefix_tokens else None
+        if c.pos_embed == "learned":
+            gt, gf = c.pos_grid
+            if gf != self.num_freq_patches:
+                raise ValueError(f"pos_grid has {gf} frequency patches, the mel bins give {self.num_freq_patches}")
+            self.pos_table = nn.Parameter(torch.zeros(1, c.num_prefix_tokens + gt * gf, D))
+        else:
+            self.pos_table = None
+        self._sincos_cache: dict = {}
+        dpr = torch.linspace(0, c.drop_path, c.depth).tolist() if c.depth else []
+        self.pre_norm = nn.LayerNorm(D, eps=c.norm_eps) if c.block_style == "post" else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(D, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps, c.block_style) for i in range(c.depth)
+        )
+        self.norm = nn.LayerNorm(D, eps=c.norm_eps) if c.block_style == "pre" else nn.Identity()
+        self.reset_parameters()
+
+    # --- initialisation ------------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        if self.prefix_tokens is not None:
+            nn.init.normal_(self.prefix_tokens, std=0.02)
+        if self.pos_table is not None:
+            nn.init.trunc_normal_(self.pos_table, std=0.02)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # --- geometry ------------------------------------------------------------------------------------------------
+    def grid_shape(self, num_frames: int) -> tuple[int, int]:
+        """(time patches, freq patches) for an input of ``num_frames`` frames (after any padding)."""
+        c = self.config
+        T = self.padded_frames(num_frames)
+        return (T - c.patch_size) // c.patch_stride + 1, self.num_freq_patches
+
+    def num_patches(self, num_frames: int) -> int:
+        gt, gf = self.grid_shape(num_frames)
+        return gt * gf
+
+    def padded_frames(self, num_frames: int) -> int:
+        c = self.config
+        if num_frames < c.patch_size:
+            return c.patch_size
+        if c.patch_stride < c.patch_size:  # overlapping patches (AST): trailing frames that fill no stride are dropped
+            return num_frames
+        rem = (num_frames - c.patch_size) % c.patch_stride
+        return num_frames if rem == 0 else num_frames + c.patch_stride - rem
+
+    # --- positions -----------------------------------------------------------------------------------------------
+    def _reorder(self, table: torch.Tensor, gt: int, gf: int) -> torch.Tensor:
+        """Rows of a time-major ``[gt*gf, D]`` table put in this encoder's patch order."""
+        if self.config.patch_order == "time":
+            return table
+        return table.view(gt, gf, -1).transpose(0, 1).reshape(gt * gf, -1)
+
+    def patch_positions(self, gt: int, gf: int, device=None, dtype=None) -> torch.Tensor:
+        """Position embeddings of the patch tokens, ``[gt * gf, D]`` in patch order."""
+        if self.pos_table is None:
+            key = (gt, gf, device, dtype)
+            if key not in self._sincos_cache:
+                table = sincos_2d(self.embed_dim, gt, gf)
+                self._sincos_cache[key] = self._reorder(table, gt, gf).to(device=device, dtype=dtype)
+            return self._sincos_cache[key]
+        P = self.num_prefix_tokens
+        tgt, tgf = self.config.pos_grid
+        table = self.pos_table[0, P:]  # [tgt * tgf, D] in patch order
+        if (gt, gf) == (tgt, tgf):
+            return table
+        if gf != tgf:
+            raise ValueError(f"the learned position table has {tgf} frequency patches, the input has {gf}")
+        # to a [D, gf, gt] grid, crop or linearly interpolate the time axis, back to patch order
+        grid = table.view(tgt, tgf, -1) if self.config.patch_order == "time" else table.view(tgf, tgt, -1).transpose(0, 1)
+        grid = grid.permute(2, 1, 0)  # [D, gf, tgt]
+        if gt <= tgt:
+            grid = grid[..., :gt]
+        else:
+            grid = F.interpolate(grid[None], size=(gf, gt), mode="bilinear", align_corners=False)[0]
+        grid = grid.permute(2, 1, 0)  # [gt, gf, D]
+        if self.config.patch_order == "freq":
+            grid = grid.transpose(0, 1)
+        return grid.reshape(gt * gf, -1)
+
+    # --- forward -------------------------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with positions: ``[B, T, F]`` -> ``[B, N, D]`` (N = time patches x freq patches)."""
+        if x.dim() != 3:
+            raise ValueError(f"the encoder expects a front-end output [B, T, F], got shape {tuple(x.shape)}")
+        B, T, Fq = x.shape
+        c = self.config
+        if Fq != c.num_mel_bins:
+            raise ValueError(f"the encoder was built for {c.num_mel_bins} mel bins, the input has {Fq}")
+        Tpad = self.padded_frames(T)
+        if Tpad != T:
+            if not c.pad_input:
+                raise ValueError(
+                    f"{T} frames do not make a whole number of {c.patch_size}-frame patches (stride {c.patch_stride}); "
+                    f"pad the input to {Tpad} frames or build the encoder with pad_input=True"
+                )
+            x = F.pad(x, (0, 0, 0, Tpad - T))
+        p = self.patch_embed(x.unsqueeze(1))  # [B, D, Tp, Fp]
+        gt, gf = p.shape[2], p.shape[3]
+        if c.patch_order == "time":
+            p = p.permute(0, 2, 3, 1).reshape(B, gt * gf, -1)  # [B, Tp*Fp, D], index t*Fp + f
+        else:
+            p = p.permute(0, 3, 2, 1).reshape(B, gt * gf, -1)  # [B, Fp*Tp, D], index f*Tp + t
+        return p + self.patch_positions(gt, gf, device=p.device, dtype=p.dtype)
+
+    def prefix(self, batch: int) -> torch.Tensor | None:
+        """Prefix tokens ``[B, P, D]`` (with their learned positions when the table has them)."""
+        if self.prefix_tokens is None:
+            return None
+        tok = self.prefix_tokens
+        if self.pos_table is not None:
+            tok = tok + self.pos_table[:, : self.num_prefix_tokens]
+        return tok.expand(batch, -1, -1)
+
+    def forward_tokens(self, patches: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False):
+        """Trunk over embedded patches ``[B, N, D]``; ``keep`` ``[B, K]`` selects the patches that enter."""
+        if keep is not None:
+            if keep.dim() != 2 or keep.shape[0] != patches.shape[0]:
+                raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
+            patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, D]
+        pre = self.prefix(patches.shape[0])
+        x = patches if pre is None else torch.cat([pre, patches], dim=1)  # [B, P + K, D]
+        x = self.pre_norm(x)
+        layers, ffn = [], []
+        for blk in self.blocks:
+            x, h = blk(x)
+            if return_layers:
+                layers.append(x)
+                ffn.append(h)
+        x = self.norm(x)
+        if return_layers:
+            return x, layers, ffn
+        return x
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False):
+        """``[B, T, F]`` -> tokens ``[B, P + N, D]`` (prefix first); with ``return_layers`` also per-block lists
+        ``layers`` (block outputs) and ``ffn`` (FFN outputs before the residual), each ``[B, P + N, D]``."""
+        return self.forward_tokens(self.embed(x), keep=keep, return_layers=return_layers)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"prefix_tokens", "pos_table"}
+
+
+# --- registry ----------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[..., AudioEncoder]] = {}
+_DEFAULTS: dict[str, dict] = {}
+
+
+def register_encoder(name: str, **defaults) -> None:
+    """Register a named encoder size: ``create_encoder(name, **overrides)`` builds it."""
+    _DEFAULTS[name] = {**defaults, "name": name}
+
+
+register_encoder("vit_tiny", embed_dim=192, depth=12, num_heads=3)
+register_encoder("vit_small", embed_dim=384, depth=12, num_heads=6)
+register_encoder("vit_base", embed_dim=768, depth=12, num_heads=12)
+register_encoder("vit_large", embed_dim=1024, depth=24, num_heads=16)
+
+
+def list_encoders() -> list[str]:
+    return sorted(_DEFAULTS)
+
+
+def encoder_config(name: str, **overrides) -> EncoderConfig:
+    if name not in _DEFAULTS:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
+    return EncoderConfig.from_dict({**_DEFAULTS[name], **overrides})
+
+
+def create_encoder(name: str, **overrides) -> AudioEncoder:
+    """Build a registered encoder (``vit_tiny``, ``vit_small``, ``vit_base``, ``vit_large``) with overrides such as
+    ``depth=2, embed_dim=64, block_style='post'``."""
+    return AudioEncoder(encoder_config(name, **overrides))
+
+
+def build_encoder(spec: dict | EncoderConfig | AudioEncoder) -> AudioEncoder:
+    """An encoder from a config spec: ``{"name": "vit_base", **overrides}`` or a full ``EncoderConfig`` dict."""
+    if isinstance(spec, AudioEncoder):
+        return spec
+    if isinstance(spec, EncoderConfig):
+        return AudioEncoder(spec)
+    spec = dict(spec)
+    name = spec.pop("name", "") or ""
+    if name in _DEFAULTS:
+        return create_encoder(name, **spec)
+    if name:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
+    return AudioEncoder(EncoderConfig.from_dict(spec))
