@@ -1,0 +1,11 @@
+"""Self-supervised objectives on the shared encoder, one file each; ``OBJECTIVES`` maps names to classes."""
+
+from audiossl.objectives.base import PretrainModule
+from audiossl.objectives.eat import EAT
+from audiossl.objectives.jepa import JEPA
+from audiossl.objectives.mae import MAE
+from audiossl.objectives.sslam import SSLAM
+
+OBJECTIVES = {"mae": MAE, "eat": EAT, "jepa": JEPA, "sslam": SSLAM}
+
+__all__ = ["EAT", "JEPA", "MAE", "OBJECTIVES", "PretrainModule", "SSLAM"]

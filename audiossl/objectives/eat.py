@@ -1,0 +1,138 @@
+"""EAT: Efficient Audio Transformer (Chen et al., IJCAI 2024) — utterance-frame objective on a data2vec 2.0 trunk.
+
+Read top to bottom:
+1. ``embed``: patch tokens with positions, once per clip ``[B, N, D]``.
+2. ``teacher_targets``: the EMA teacher (a full copy: patch embedding, CLS, pre-norm, blocks) sees the whole
+   spectrogram once per clip; targets are the FFN outputs of its top-K blocks, instance-normed over tokens, averaged,
+   layer-normed ``[B, N, D]``; the utterance target is their mean over patches ``[B, D]``.
+3. ``student``: every clip is cloned ``clone_batch`` times, each clone with its own inverse block mask; only the
+   visible patches (102 of 512 at the defaults) plus CLS go through the post-LN student.
+4. ``decoder``: the CNN decoder puts the visible tokens back on the grid (masked slots = N(0, 0.01) noise) and
+   predicts every patch; the frame loss uses the masked ones.
+5. ``loss`` (the reference weighting, data2vec 2.0 / fairseq ``model`` criterion): with ``M`` masked tokens in the
+   batch, element-wise squared errors scaled by ``1/sqrt(D)``,
+
+       loss = (sum over masked tokens of frame errors) / M  +  cls_weight * (sum over sequences of CLS errors)
+
+   i.e. fairseq sums every loss tensor, multiplies the CLS term by ``sample_size = M`` and divides the total by
+   ``M``. ``frame_loss`` and ``cls_loss`` are logged with exactly the normalisation fairseq logs them with
+   (``loss_<name> / sample_size``), so they compare with the reference logs (SSLAM stage 2 at 200k updates:
+   ``eat_patch_loss`` ~13.8, ``eat_cls_loss`` ~0.2 per GPU batch of 24 x 8 clones).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from audiossl.masking import inverse_block_mask
+from audiossl.models.decoders import CNNDecoder2d
+from audiossl.objectives.base import PretrainModule
+from audiossl.objectives.ema import EMATeacher
+from audiossl.objectives.targets import d2v_regression, feature_std, layer_targets
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [R, N, D]`` at ``idx [B, M]`` -> ``[B, M, D]``; ``rows [B]`` picks the row of ``x`` for each ``idx`` row."""
+    if rows is None:
+        return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    return x[rows[:, None], idx]
+
+
+class EAT(PretrainModule):
+    objective = "eat"
+
+    def __init__(
+        self,
+        encoder: dict,
+        clone_batch: int = 16,
+        mask_ratio: float = 0.8,
+        mask_block: int = 5,
+        mask_adjust: float = 0.07,
+        average_top_k: int | None = None,
+        cls_weight: float = 1.0,
+        decoder_layers: int = 6,
+        decoder_kernel: int = 3,
+        decoder_groups: int = 16,
+        decoder_dim: int | None = None,
+        mask_noise_std: float = 0.01,
+        ema_start: float = 0.9998,
+        ema_end: float = 0.99999,
+        ema_anneal_steps: int = 100_000,
+        **kwargs,
+    ):
+        """
+        Args:
+            encoder: student encoder spec; EAT uses ``{name: vit_base, block_style: post}``.
+            clone_batch: masked clones of each clip for the student (the teacher runs once per clip).
+            mask_ratio: fraction of patches masked (EAT 0.8; inverse block masking keeps ``int(N * 0.2)``).
+            mask_block: side of the visible square blocks, in patches (5).
+            mask_adjust: extra fraction used to size the number of blocks (0.07).
+            average_top_k: teacher blocks averaged into the targets (default: all of them).
+            cls_weight: weight of the utterance (CLS) loss, applied per sequence as in the reference.
+            decoder_layers/decoder_kernel/decoder_groups/decoder_dim: the CNN decoder (6 x kernel 3, 16 groups).
+            mask_noise_std: std of the noise filling masked slots at the decoder input.
+            ema_start/ema_end/ema_anneal_steps: teacher decay, annealed linearly (0.9998 -> 0.99999 over 100k).
+        """
+        super().__init__(encoder=encoder, **kwargs)
+        D = self.encoder.embed_dim
+        self.top_k = average_top_k or self.encoder.config.depth
+        self.decoder = CNNDecoder2d(D, decoder_dim, decoder_layers, decoder_kernel, decoder_groups, mask_noise_std)
+        self.teacher = EMATeacher(self.encoder, ema_start, ema_end, ema_anneal_steps)
+
+    # --- pieces --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_layers(self, fbank: torch.Tensor, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-block FFN outputs of the teacher, prefix tokens removed: list of ``[B, N or K, D]``."""
+        tm = self.teacher.model
+        _, _, ffn = tm.forward_tokens(tm.embed(fbank), keep=keep, return_layers=True)
+        P = tm.num_prefix_tokens
+        return [h[:, P:] for h in ffn]
+
+    def masks(self, batch: int, grid: tuple[int, int], generator: torch.Generator):
+        hp = self.hparams
+        return inverse_block_mask(batch, grid, hp.mask_ratio, hp.mask_block, hp.mask_adjust, generator, self.device)
+
+    def student(self, patches: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Clone-expanded patch tokens ``[BC, N, D]`` -> student tokens over the kept patches ``[BC, P + K, D]``."""
+        return self.encoder.forward_tokens(patches, keep=keep)
+
+    def frame_and_cls_errors(self, tokens, keep, masked, grid, frame_target, cls_target, rows, generator):
+        """Sums of scaled squared errors: (frame, over masked tokens), (cls, over sequences), plus diagnostics."""
+        P = self.encoder.num_prefix_tokens
+        pred = self.decoder(tokens[:, P:], keep, grid, generator=generator)  # [BC, N, D]
+        pred_m = gather_tokens(pred, masked)  # [BC, M, D]
+        target_m = gather_tokens(frame_target, masked, rows)  # [BC, M, D]
+        frame_sum = d2v_regression(pred_m, target_m).sum()
+        cls_sum = d2v_regression(tokens[:, 0], cls_target[rows]).sum()
+        return frame_sum, cls_sum, pred_m, target_m
+
+    # --- the objective -------------------------------------------------------------------------------------------
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
+        hp = self.hparams
+        B, T, _ = fbank.shape
+        C = hp.clone_batch
+        grid = self.encoder.grid_shape(T)
+
+        y = layer_targets(self.teacher_layers(fbank), self.top_k)  # [B, N, D]
+        cls_target = y.mean(dim=1)  # [B, D]
+
+        patches = self.encoder.embed(fbank)  # [B, N, D], computed once per clip
+        keep, masked = self.masks(B * C, grid, generator)  # [BC, K], [BC, M]
+        tokens = self.student(patches.repeat_interleave(C, dim=0), keep)  # [BC, 1 + K, D]
+        rows = torch.arange(B * C, device=fbank.device) // C  # clone -> clip
+        frame_sum, cls_sum, pred_m, target_m = self.frame_and_cls_errors(
+            tokens, keep, masked, grid, y, cls_target, rows, generator
+        )
+        M = masked.numel()  # fairseq's sample_size
+        frame_loss = frame_sum / M
+        cls_loss = hp.cls_weight * cls_sum
+        return {
+            "loss": frame_loss + cls_loss,
+            "frame_loss": frame_loss.detach(),
+            "cls_loss": cls_loss.detach(),
+            "masked_pct": masked.shape[1] / (keep.shape[1] + masked.shape[1]),
+            "pred_std": feature_std(pred_m),
+            "target_std": feature_std(target_m),
+            "student_cls_std": feature_std(tokens[:, 0]),
+            "target_var": target_m.detach().float().var(),
+        }

@@ -1,0 +1,95 @@
+"""MAE on spectrograms (AudioMAE-style, Huang et al. 2022): reconstruct masked patches from the visible ones.
+
+1. ``random_mask``: 80% of the patches are masked uniformly at random; the encoder sees the visible 20% (+ CLS).
+2. ``decoder``: a narrow transformer; the visible tokens are projected to its width, learned mask tokens take the
+   masked positions, fixed sin-cos positions are added, and each masked position predicts its 16x16 patch.
+3. ``target``: the patch's normalised values (``norm_pix_loss``: per-patch mean and variance removed, eps 1e-6).
+4. ``loss``: mean over masked patches of the per-patch mean squared error.
+
+AudioMAE's decoder uses shifted local-window attention; this decoder uses global attention (``decoder_depth`` /
+``decoder_dim`` configurable) and does not pass the CLS token to the decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from audiossl.masking import random_mask
+from audiossl.models.decoders import TokenDecoder
+from audiossl.objectives.base import PretrainModule
+from audiossl.objectives.eat import gather_tokens
+from audiossl.objectives.targets import feature_std
+
+
+def patchify(fbank: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, T, F]`` -> ``[B, N, patch*patch]`` time-major patches, each flattened (time, freq) within the patch."""
+    B, T, F = fbank.shape
+    gt, gf = T // patch, F // patch
+    x = fbank[:, : gt * patch, : gf * patch].reshape(B, gt, patch, gf, patch)
+    return x.permute(0, 1, 3, 2, 4).reshape(B, gt * gf, patch * patch)
+
+
+def normalized_pixel_target(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """MAE ``norm_pix_loss`` target: each patch standardised by its own mean and (unbiased) variance."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + eps) ** 0.5
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over masked patches of the mean squared error over a patch's values. pred/target ``[B, M, P]``."""
+    return (pred.float() - target.float()).pow(2).mean(dim=-1).mean()
+
+
+class MAE(PretrainModule):
+    objective = "mae"
+
+    def __init__(
+        self,
+        encoder: dict,
+        mask_ratio: float = 0.8,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        norm_pix_loss: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            encoder: student encoder spec; AudioMAE uses ``{name: vit_base, block_style: pre}``.
+            mask_ratio: fraction of patches masked (0.8).
+            decoder_dim/decoder_depth/decoder_heads: the reconstruction decoder (AudioMAE: 512 wide, 16 heads).
+            norm_pix_loss: reconstruct per-patch normalised values (AudioMAE's setting) instead of raw values.
+        """
+        super().__init__(encoder=encoder, **kwargs)
+        p = self.encoder.config.patch_size
+        if self.encoder.config.patch_stride != p:
+            raise ValueError("MAE reconstruction needs non-overlapping patches (patch_stride == patch_size)")
+        self.decoder = TokenDecoder(self.encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, out_dim=p * p)
+
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
+        hp = self.hparams
+        B, T, _ = fbank.shape
+        grid = self.encoder.grid_shape(T)
+        N = grid[0] * grid[1]
+        keep, masked = random_mask(B, N, hp.mask_ratio, generator, self.device)  # [B, K], [B, M]
+        tokens = self.encoder(fbank, keep=keep)  # [B, P + K, D]
+        P = self.encoder.num_prefix_tokens
+        pred = self.decoder(tokens[:, P:], keep, masked, grid)  # [B, M, p*p]
+        x = fbank
+        Tpad = self.encoder.padded_frames(T)
+        if Tpad != T:
+            x = torch.nn.functional.pad(fbank, (0, 0, 0, Tpad - T))
+        target = patchify(x, self.encoder.config.patch_size)  # [B, N, p*p]
+        if hp.norm_pix_loss:
+            target = normalized_pixel_target(target)
+        target = gather_tokens(target, masked)
+        loss = masked_mse(pred, target)
+        return {
+            "loss": loss,
+            "recon_loss": loss.detach(),
+            "masked_pct": masked.shape[1] / N,
+            "pred_std": feature_std(pred),
+            "student_cls_std": feature_std(tokens[:, 0]) if P else torch.zeros(()),
+            "target_var": target.detach().float().var(),
+        }

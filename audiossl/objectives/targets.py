@@ -1,0 +1,50 @@
+"""Teacher targets for latent-regression objectives (data2vec 2.0 / EAT / SSLAM), as pure functions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_targets(
+    layers: list[torch.Tensor], top_k: int, instance_norm: bool = True, layer_norm: bool = True
+) -> torch.Tensor:
+    """Average of the top ``top_k`` per-layer outputs ``[B, N, D]`` (prefix tokens already removed).
+
+    Each layer is instance-normalised over the token axis (per sample, per channel; ``F.instance_norm``, eps 1e-5),
+    the layers are averaged in fp32, and the average is layer-normalised over channels without affine parameters —
+    EAT's ``make_targets`` with ``instance_norm_target_layer=True, layer_norm_targets=True``.
+    Returns ``[B, N, D]`` float32.
+    """
+    if not 1 <= top_k <= len(layers):
+        raise ValueError(f"top_k must be in [1, {len(layers)}], got {top_k}")
+    picked = layers[-top_k:]
+    y = None
+    for t in picked:
+        t = t.float()
+        if instance_norm:
+            t = F.instance_norm(t.transpose(1, 2)).transpose(1, 2)  # normalise each channel over tokens
+        y = t if y is None else y + t
+    y = y / len(picked)
+    if layer_norm:
+        y = F.layer_norm(y, y.shape[-1:])
+    return y
+
+
+def d2v_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """data2vec's ``d2v_loss`` with ``loss_beta=0``: element-wise squared error scaled by ``1/sqrt(D)``.
+
+    pred, target: ``[..., D]``. Returns the same shape (fp32); callers sum it.
+    """
+    pred = pred.float()
+    return (pred - target.float()).pow(2) * (1.0 / math.sqrt(pred.shape[-1]))
+
+
+def feature_std(x: torch.Tensor) -> torch.Tensor:
+    """Collapse diagnostic (data2vec ``compute_var``): mean over channels of the per-channel std across samples."""
+    x = x.detach().float().reshape(-1, x.shape[-1])
+    if x.shape[0] < 2:
+        return torch.zeros((), device=x.device)
+    return torch.sqrt(x.var(dim=0) + 1e-6).mean()
