@@ -67,19 +67,41 @@ class ClassifierHead(nn.Module):
         return self.linear(self.norm(pooled))  # [B, C]
 
 
+class MissingHeadError(RuntimeError):
+    """Classification asked of a model that has no classifier head (an encoder exported from pretraining)."""
+
+
 class AudioClassifier(nn.Module):
+    """Front end + encoder + head. ``head=None`` makes an encoder-only model (exported from a pretraining checkpoint):
+    ``embed``/``forward_features`` work, ``forward``/``predict`` raise ``MissingHeadError``; its clip embedding pools
+    with ``pool`` (default: the CLS token when the encoder has one, else the mean of the patch tokens)."""
+
     def __init__(
         self,
         encoder: AudioEncoder | EncoderConfig | dict,
-        head: HeadConfig | dict,
+        head: HeadConfig | dict | None,
         front_end: FrontEndConfig | dict | None = None,
         label_names: list[str] | None = None,
         multi_label: bool = True,
+        pool: str | None = None,
     ):
         super().__init__()
         self.encoder = build_encoder(encoder)
-        self.head_config = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(dict(head))
-        self.head = ClassifierHead(self.encoder.embed_dim, self.head_config)
+        if head is None:
+            self.head_config = None
+            self.head = None
+            self._pool = pool or ("cls" if self.encoder.num_prefix_tokens else "mean")
+            if self._pool not in POOLINGS:
+                raise ValueError(f"pool must be one of {POOLINGS}, got {self._pool!r}")
+            if label_names:
+                raise ValueError(f"{len(label_names)} label names given for a model without a classifier head")
+            label_names = []
+        else:
+            self.head_config = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(dict(head))
+            if pool is not None and pool != self.head_config.pool:
+                raise ValueError(f"pool={pool!r} contradicts the head's pool {self.head_config.pool!r}")
+            self.head = ClassifierHead(self.encoder.embed_dim, self.head_config)
+            self._pool = self.head_config.pool
         self.front_end = FrontEnd(front_end)
         if self.front_end.config.num_mel_bins != self.encoder.config.num_mel_bins:
             raise ValueError(
@@ -88,38 +110,83 @@ class AudioClassifier(nn.Module):
             )
         if label_names is None:
             label_names = [f"class_{i}" for i in range(self.head_config.num_classes)]
-        if len(label_names) != self.head_config.num_classes:
+        if self.head_config is not None and len(label_names) != self.head_config.num_classes:
             raise ValueError(f"{len(label_names)} label names for {self.head_config.num_classes} classes")
         self.label_names = list(label_names)
         self.multi_label = bool(multi_label)
 
+    @property
+    def has_head(self) -> bool:
+        return self.head is not None
+
+    @property
+    def pool(self) -> str:
+        """How the clip embedding is pooled from the tokens (``cls``, ``prefix`` or ``mean``)."""
+        return self._pool
+
     def config_dict(self) -> dict:
-        """Everything needed to rebuild this model (no weights)."""
-        return {
+        """Everything needed to rebuild this model (no weights). Encoder-only models have ``head: None`` + ``pool``."""
+        d = {
             "encoder": self.encoder.config.to_dict(),
-            "head": self.head_config.to_dict(),
+            "head": None if self.head_config is None else self.head_config.to_dict(),
             "front_end": self.front_end.config.to_dict(),
             "label_names": self.label_names,
             "multi_label": self.multi_label,
         }
+        if self.head_config is None:
+            d["pool"] = self._pool
+        return d
 
     @classmethod
     def from_config_dict(cls, d: dict) -> "AudioClassifier":
+        head = d["head"]
         return cls(
             encoder=EncoderConfig.from_dict(d["encoder"]),
-            head=HeadConfig.from_dict(d["head"]),
+            head=None if head is None else HeadConfig.from_dict(head),
             front_end=FrontEndConfig.from_dict(d["front_end"]),
             label_names=d.get("label_names"),
             multi_label=d.get("multi_label", True),
+            pool=d.get("pool"),
         )
 
     def forward_features(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``)."""
         tokens = self.encoder(fbank)
         P = self.encoder.num_prefix_tokens
-        return pool_tokens(tokens, self.head_config.pool, P), tokens[:, P:]
+        return pool_tokens(tokens, self._pool, P), tokens[:, P:]
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         """Normalised front-end output ``[B, T, F]`` -> logits ``[B, num_classes]``."""
+        if self.head is None:
+            raise MissingHeadError(_NO_HEAD)
         pooled, _ = self.forward_features(fbank)
         return self.head(pooled)
+
+    # --- user-facing inference (implemented in audiossl.inference) ---------------------------------------------
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., C]`` -> class probabilities: sigmoid for multi-label models, softmax otherwise."""
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+
+    def predict(self, audio, top_k: int = 5, sample_rate: int | None = None, hop: float | None = None,
+                aggregate: str = "max") -> list[tuple[str, float]]:
+        """Top-k ``[(label, probability), ...]`` for one clip: a file path, file bytes, or a waveform (``[N]`` or
+        ``[channels, N]``, at ``sample_rate``, default the model's rate). Clips longer than the model's window are
+        cut into windows ``hop`` seconds apart (default: half a window) and the window probabilities aggregated
+        (``max`` or ``mean``)."""
+        from audiossl.inference import predict
+
+        return predict(self, audio, top_k=top_k, sample_rate=sample_rate, hop=hop, aggregate=aggregate)
+
+    def embed(self, audio, sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clip embedding ``[D]``, frame embeddings ``[N, D]``) for one clip (path, bytes or waveform). Clips longer
+        than a window are cut into back-to-back windows: the clip embedding is the mean over windows, the frame
+        embeddings are every window's patch tokens, window after window."""
+        from audiossl.inference import embed
+
+        return embed(self, audio, sample_rate=sample_rate)
+
+
+_NO_HEAD = (
+    "this model has no classifier head (it was exported from a pretraining checkpoint, config.json has head: null); "
+    "use model.embed(...) / model.forward_features(...) for embeddings, or fine-tune it into a classifier"
+)

@@ -21,7 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiossl.models.blocks import BLOCK_STYLES, Block
-from audiossl.models.pos_embed import sincos_2d
+from audiossl.models.pos_embed import sincos_2d, sincos_2d_traceable
+
+
+def _tracing() -> bool:
+    """True while ``torch.onnx.export``/``torch.jit.trace`` records the graph (sizes are then symbolic)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 @dataclass
@@ -43,6 +48,7 @@ class EncoderConfig:
     patch_order: str = "time"  # "time": index t * Fp + f ; "freq": index f * Tp + t (AST)
     pad_input: bool = True  # pad T up to a whole number of patches; False raises instead
     name: str = ""  # registry name this config came from (informational)
+    final_norm: bool = True  # pre style: LayerNorm after the last block (False: none, AudioMAE global-pool models)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +112,8 @@ class AudioEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(D, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps, c.block_style) for i in range(c.depth)
         )
-        self.norm = nn.LayerNorm(D, eps=c.norm_eps) if c.block_style == "pre" else nn.Identity()
+        use_final_norm = c.block_style == "pre" and c.final_norm
+        self.norm = nn.LayerNorm(D, eps=c.norm_eps) if use_final_norm else nn.Identity()
         self.reset_parameters()
 
     # --- initialisation ------------------------------------------------------------------------------------------
@@ -157,6 +164,9 @@ class AudioEncoder(nn.Module):
     def patch_positions(self, gt: int, gf: int, device=None, dtype=None) -> torch.Tensor:
         """Position embeddings of the patch tokens, ``[gt * gf, D]`` in patch order."""
         if self.pos_table is None:
+            if _tracing():  # ONNX/jit export: build the table from (traced) sizes so the time length stays dynamic
+                table = sincos_2d_traceable(self.embed_dim, gt, gf, device=device).to(dtype)
+                return self._reorder(table, gt, gf)
             key = (gt, gf, device, dtype)
             if key not in self._sincos_cache:
                 table = sincos_2d(self.embed_dim, gt, gf)
@@ -191,7 +201,11 @@ class AudioEncoder(nn.Module):
         if Fq != c.num_mel_bins:
             raise ValueError(f"the encoder was built for {c.num_mel_bins} mel bins, the input has {Fq}")
         Tpad = self.padded_frames(T)
-        if Tpad != T:
+        if _tracing() and c.pad_input and c.patch_stride == c.patch_size:
+            # Traced graphs must not bake in this input's padding. Appending stride - 1 zero frames always gives the
+            # same patches as padding to the next whole patch: the convolution drops the frames no patch can fill.
+            x = F.pad(x, (0, 0, 0, c.patch_stride - 1))
+        elif Tpad != T:
             if not c.pad_input:
                 raise ValueError(
                     f"{T} frames do not make a whole number of {c.patch_size}-frame patches (stride {c.patch_stride}); "

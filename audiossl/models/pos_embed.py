@@ -28,3 +28,17 @@ def sincos_2d(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
     t = torch.arange(grid_t).repeat_interleave(grid_f)  # time index of each row
     f = torch.arange(grid_f).repeat(grid_t)  # frequency index of each row
     return torch.cat([sincos_1d(dim // 2, f), sincos_1d(dim // 2, t)], dim=1)
+
+
+def sincos_2d_traceable(dim: int, grid_t, grid_f, device=None) -> torch.Tensor:
+    """``sincos_2d`` built from broadcasts of ``arange(grid_t)`` / ``arange(grid_f)`` (float64, same values), so a
+    traced graph keeps ``grid_t`` symbolic (ONNX export with a dynamic time length). ``[grid_t * grid_f, dim]``."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+    half = dim // 2
+    omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64, device=device) / (half / 2.0))  # [half/2]
+    t = torch.arange(grid_t, device=device).to(torch.float64)[:, None] * omega  # [grid_t, half/2]
+    f = torch.arange(grid_f, device=device).to(torch.float64)[:, None] * omega  # [grid_f, half/2]
+    emb_t = torch.cat([torch.sin(t), torch.cos(t)], dim=1)[:, None, :].expand(-1, grid_f, -1)  # [gt, gf, half]
+    emb_f = torch.cat([torch.sin(f), torch.cos(f)], dim=1)[None, :, :].expand(grid_t, -1, -1)  # [gt, gf, half]
+    return torch.cat([emb_f, emb_t], dim=2).reshape(-1, dim)  # rows t * grid_f + f

@@ -1,0 +1,80 @@
+"""Fine-tuning augmentations, as pure functions of a batch and a ``torch.Generator`` (EAT/AudioMAE recipes).
+
+* ``roll_and_gain`` (waveforms ``[B, N]``): circular shift by a uniform random offset, then a gain drawn from
+  ``Beta(10, 10) + 0.5`` (AudioMAE/EAT ``roll_mag_aug``).
+* ``mixup`` (normalised spectrograms ``[B, T, F]`` and soft targets ``[B, C]``): one ``lam ~ Beta(alpha, alpha)``
+  per batch, applied with probability ``prob``; the partner of clip ``i`` is clip ``B - 1 - i`` (timm's "batch" mode:
+  the flipped batch); ``x = lam x + (1 - lam) x_flip``, ``y = lam y + (1 - lam) y_flip``.
+* ``spec_augment`` (``[B, T, F]``): per clip, one frequency mask of width ``U[0, freq_param)`` and one time mask of
+  width ``U[0, time_param)`` at uniform positions, set to 0 (the normalised mean), as torchaudio's
+  ``FrequencyMasking``/``TimeMasking`` with ``iid_masks=True``. EAT sizes them by a ratio:
+  ``freq_param = F * ratio``, ``time_param = target_length * ratio``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rand(shape, g, device):
+    return torch.rand(shape, generator=g, device=device)
+
+
+def beta(a: float, b: float, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Beta(a, b) samples drawn through ``generator`` (``torch.distributions`` cannot take one).
+
+    Integer a, b: the a-th smallest of ``a + b - 1`` uniforms (exact). Otherwise: inverse CDF on a 20,001-point grid.
+    """
+    shape = tuple(shape)
+    if float(a).is_integer() and float(b).is_integer():
+        n = int(a + b - 1)
+        u = torch.sort(_rand(shape + (n,), generator, device), dim=-1).values
+        return u[..., int(a) - 1]
+    grid = torch.linspace(1e-6, 1 - 1e-6, 20001, dtype=torch.float64)
+    logpdf = (a - 1) * torch.log(grid) + (b - 1) * torch.log1p(-grid)
+    cdf = torch.cumsum(torch.exp(logpdf - logpdf.max()), 0)
+    cdf = cdf / cdf[-1]
+    u = _rand(shape, generator, device).to(torch.float64).cpu()
+    i = torch.searchsorted(cdf, u).clamp(max=len(grid) - 1)
+    return grid[i].to(device=device, dtype=torch.float32)
+
+
+def roll_and_gain(wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[B, N]`` -> ``[B, N]``: per-clip random circular shift and Beta(10, 10) + 0.5 gain."""
+    B, N = wave.shape
+    shift = (_rand((B,), generator, wave.device) * N).long()  # [B]
+    idx = (torch.arange(N, device=wave.device)[None, :] - shift[:, None]) % N
+    gain = beta(10, 10, (B,), generator, wave.device) + 0.5
+    return torch.gather(wave, 1, idx) * gain[:, None].to(wave.dtype)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, prob: float = 1.0,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Batch mixup. x ``[B, ...]``, soft targets y ``[B, C]`` -> (x, y, lam); lam = 1 when not applied."""
+    if alpha <= 0 or prob <= 0:
+        return x, y, 1.0
+    if float(_rand((), generator, x.device)) >= prob:
+        return x, y, 1.0
+    lam = float(beta(alpha, alpha, (), generator, x.device))
+    return lam * x + (1.0 - lam) * x.flip(0), lam * y + (1.0 - lam) * y.flip(0), lam
+
+
+def _mask_along(x: torch.Tensor, param: float, dim: int, generator) -> torch.Tensor:
+    B = x.shape[0]
+    size = x.shape[dim]
+    if param <= 0:
+        return x
+    width = _rand((B,), generator, x.device) * param  # [B] in [0, param)
+    start = _rand((B,), generator, x.device) * (size - width)  # [B] in [0, size - width)
+    pos = torch.arange(size, device=x.device, dtype=x.dtype)
+    keep = (pos[None, :] < start[:, None].floor()) | (pos[None, :] >= (start + width)[:, None].floor())  # [B, size]
+    shape = [B, 1, 1]
+    shape[dim] = size
+    return x * keep.to(x.dtype).view(shape)
+
+
+def spec_augment(x: torch.Tensor, freq_param: float, time_param: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[B, T, F]`` with one frequency and one time mask per clip (value 0)."""
+    x = _mask_along(x, freq_param, 2, generator)
+    return _mask_along(x, time_param, 1, generator)

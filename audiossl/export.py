@@ -1,0 +1,242 @@
+"""The export format, and ONNX.
+
+An exported model is a directory:
+
+    model.safetensors   the ``AudioClassifier`` state dict (tensors only; nothing to unpickle)
+    config.json         ``AudioClassifier.config_dict()`` + {"format_version": 1, "audiossl_version": "..."}:
+                        encoder, head, front end (rate, fbank settings, target length, mean/std), label names,
+                        multi_label. Encoder-only models (exported from pretraining) have ``"head": null``,
+                        ``"label_names": []`` and ``"pool"`` (how ``embed`` pools the clip embedding).
+    model.onnx          (optional) normalised fbank ``[B, T, F]`` -> ``logits [B, C]`` (classifiers only),
+                        ``embedding [B, D]``, ``frame_embeddings [B, N, D]``; batch and time are dynamic (time is
+                        fixed for models with a learned position table, e.g. imported AST).
+
+``load_model(DIR)`` rebuilds the model without Lightning and without unpickling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from audiossl import __version__
+from audiossl.models.classifier import AudioClassifier
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+ONNX_FILE = "model.onnx"
+ONNX_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
+
+
+# --- safetensors + JSON ------------------------------------------------------------------------------------------
+def save_model(model: AudioClassifier, out_dir: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` (created if needed); returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "audiossl_version": __version__})
+    config = {**model.config_dict(), "format_version": FORMAT_VERSION, "audiossl_version": __version__}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def read_config(model_dir: str | os.PathLike) -> dict:
+    d = Path(model_dir)
+    if not d.exists():
+        raise ExportError(f"model directory {d} does not exist")
+    if not d.is_dir():
+        raise ExportError(f"{d} is a file, not an exported model directory (audiossl export CKPT --out DIR makes one)")
+    cfg_path = d / CONFIG_FILE
+    if not cfg_path.exists():
+        raise ExportError(f"{d} has no {CONFIG_FILE}: not an audiossl model directory (audiossl export / convert make one)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{cfg_path} is not valid JSON: {e}") from None
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise ExportError(f"{cfg_path} has no integer format_version: not an audiossl export")
+    if version > FORMAT_VERSION:
+        raise ExportError(
+            f"{cfg_path} has format_version {version}; this audiossl ({__version__}) reads up to {FORMAT_VERSION}: "
+            f"upgrade audiossl"
+        )
+    return config
+
+
+def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
+    """Rebuild an exported model (eval mode) from ``DIR/config.json`` + ``DIR/model.safetensors``.
+
+    Also accepts an audiossl checkpoint file (``.ckpt``), read with ``weights_only=True``.
+    """
+    from safetensors.torch import load_file
+
+    from audiossl.checkpoint import load_weights, model_from_checkpoint
+
+    path = Path(model_dir)
+    if path.is_file() and path.suffix in (".ckpt", ".pt", ".pth"):
+        return model_from_checkpoint(path).to(device)
+    config = read_config(path)
+    model_cfg = {k: v for k, v in config.items() if k not in ("format_version", "audiossl_version")}
+    try:
+        model = AudioClassifier.from_config_dict(model_cfg)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ExportError(f"{path / CONFIG_FILE} does not describe a model this audiossl can build: {e}") from None
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise ExportError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    load_weights(model, load_file(str(weights)), f"the model in {path}")
+    return model.eval().to(device)
+
+
+# --- ONNX --------------------------------------------------------------------------------------------------------
+class _OnnxGraph(nn.Module):
+    """The exported function: normalised fbank -> (logits,) embedding, frame embeddings."""
+
+    def __init__(self, model: AudioClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fbank: torch.Tensor):
+        emb, frames = self.model.forward_features(fbank)  # [B, D], [B, N, D]
+        if self.model.head is None:
+            return emb, frames
+        return self.model.head(emb), emb, frames
+
+
+def onnx_output_names(model: AudioClassifier) -> list[str]:
+    return (["logits"] if model.has_head else []) + ["embedding", "frame_embeddings"]
+
+
+def onnx_dynamic_time(model: AudioClassifier) -> bool:
+    """Whether the ONNX graph accepts any time length (sin-cos positions) or only ``target_length`` (learned)."""
+    return model.encoder.pos_table is None
+
+
+def export_onnx(model: AudioClassifier, path: str | os.PathLike, opset: int = 17, verify: bool = True) -> dict:
+    """Write ``model`` as ONNX (input ``fbank [B, T, F]``) and, with ``verify``, check it against PyTorch with
+    onnxruntime at two batch sizes and (when the time axis is dynamic) two lengths. Returns a report dict."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ExportError("ONNX export needs the onnx package: pip install 'audiossl[onnx]'") from None
+    device, training = next(model.parameters()).device, model.training
+    try:
+        return _export_onnx(model.eval().cpu(), Path(path), opset, verify)
+    finally:
+        model.to(device).train(training)
+
+
+def _export_onnx(model: AudioClassifier, path: Path, opset: int, verify: bool) -> dict:
+    fe = model.front_end.config
+    names = onnx_output_names(model)
+    dynamic_time = onnx_dynamic_time(model)
+    in_axes = {0: "batch", 1: "time"} if dynamic_time else {0: "batch"}
+    axes = {"fbank": in_axes, "embedding": {0: "batch"}, "frame_embeddings": {0: "batch", 1: "patches"}}
+    if model.has_head:
+        axes["logits"] = {0: "batch"}
+    example = torch.zeros(2, fe.target_length, fe.num_mel_bins)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+        torch.onnx.export(
+            _OnnxGraph(model), (example,), str(path), dynamo=False, opset_version=opset, input_names=["fbank"],
+            output_names=names, dynamic_axes=axes, do_constant_folding=True,
+        )
+    report = {"path": str(path), "outputs": names, "dynamic_time": dynamic_time, "opset": opset}
+    if verify:
+        report["max_abs_diff"] = verify_onnx(model, path)
+    return report
+
+
+def parity_inputs(model: AudioClassifier, dynamic_time: bool | None = None, seed: int = 0) -> list[torch.Tensor]:
+    """Normalised-fbank-like inputs for a parity check: batch 1 and 3, at the target length and (dynamic time only)
+    at about half of it."""
+    fe = model.front_end.config
+    dynamic_time = onnx_dynamic_time(model) if dynamic_time is None else dynamic_time
+    g = torch.Generator().manual_seed(seed)
+    p = model.encoder.config.patch_size
+    short = max(p, (fe.target_length // 2) - 3) if dynamic_time else fe.target_length
+    return [torch.randn(1, fe.target_length, fe.num_mel_bins, generator=g) * 0.5,
+            torch.randn(3, short, fe.num_mel_bins, generator=g) * 0.5]
+
+
+def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: float = ONNX_TOLERANCE) -> float:
+    """Largest |onnxruntime - PyTorch| over all outputs on ``parity_inputs``; raises ``ExportError`` above tolerance."""
+    from audiossl.inference import OnnxRunner
+
+    runner = OnnxRunner(path)
+    worst = 0.0
+    for x in parity_inputs(model):
+        with torch.no_grad():
+            ref = _OnnxGraph(model.eval().cpu())(x)
+        got = runner.run(x)
+        for name, r in zip(onnx_output_names(model), ref):
+            g = torch.from_numpy(got[name])
+            if g.shape != r.shape:
+                raise ExportError(f"ONNX output {name} has shape {tuple(g.shape)}, PyTorch {tuple(r.shape)} (input {tuple(x.shape)})")
+            worst = max(worst, float((g - r).abs().max()))
+    if worst > tolerance:
+        raise ExportError(f"the ONNX graph {path} differs from PyTorch by {worst:.3g} (> {tolerance}); do not use it")
+    return worst
+
+
+# --- checkpoint -> export directory --------------------------------------------------------------------------------
+def export_checkpoint(ckpt, out_dir: str | os.PathLike, onnx: bool = False, opset: int = 17) -> dict:
+    """An audiossl checkpoint (path or loaded dict) -> export directory (+ ``model.onnx``). Classifier checkpoints give
+    a classifier; pretraining checkpoints an encoder-only model. Returns a report dict."""
+    from audiossl.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt)
+    out = save_model(model, out_dir)
+    report = {
+        "out_dir": str(out),
+        "kind": "classifier" if model.has_head else "encoder-only",
+        "num_classes": len(model.label_names),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if onnx:
+        report["onnx"] = export_onnx(model, out / ONNX_FILE, opset=opset)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    """``audiossl export CKPT --out DIR [--onnx]``."""
+    ap = argparse.ArgumentParser(
+        prog="audiossl export",
+        description="Export an audiossl checkpoint to DIR/model.safetensors + DIR/config.json (loadable with "
+        "audiossl.load_model(DIR), no Lightning, no unpickling); --onnx adds DIR/model.onnx checked against PyTorch.",
+    )
+    ap.add_argument("checkpoint", help="a .ckpt written by audiossl pretraining or fine-tuning")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--onnx", action="store_true", help="also write model.onnx (normalised fbank -> logits, embeddings)")
+    ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    args = ap.parse_args(argv)
+    from audiossl.checkpoint import CheckpointError
+
+    try:
+        report = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, opset=args.opset)
+    except (CheckpointError, ExportError) as e:
+        print(f"audiossl export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {report['kind']} model ({report['parameters'] / 1e6:.1f}M parameters, "
+          f"{report['num_classes']} classes) to {report['out_dir']}")
+    if "onnx" in report:
+        o = report["onnx"]
+        time_axis = "dynamic" if o["dynamic_time"] else "fixed to the target length"
+        print(f"  {o['path']}: outputs {', '.join(o['outputs'])}; batch dynamic, time {time_axis}; "
+              f"onnxruntime vs PyTorch max abs diff {o['max_abs_diff']:.2e}")
+    return 0
