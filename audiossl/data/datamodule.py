@@ -1,0 +1,395 @@
+"""``AudioDataModule``: a prepared shard folder as a LightningDataModule.
+
+Batches are ``{"audio": float32 [B, N], "target": float32 [B, C] multi-hot or int64 [B], "key": list[str]}`` with
+``N = round(clip_seconds * sample_rate)``; features are computed by the LightningModule on its device.
+
+Epochs and exact resume. The training loader streams epoch ``e`` (see :mod:`audiossl.data.pipeline`); ``e`` is read
+from the Trainer when the loader is iterated (``fit_loop.epoch_progress.current.processed``, i.e. the epoch about to
+run; without a Trainer an internal counter advances on each ``iter()``), so one ``train_dataloader()`` serves every
+epoch and ``reload_dataloaders_every_n_epochs`` is not needed. ``state_dict()`` holds
+``{"epoch", "batches_done", ...}`` — batches (not optimizer steps, so gradient accumulation changes nothing) that the
+model consumed in that epoch, from the Trainer's ``batch_progress`` (or, without a Trainer, the batches the loader
+handed out); after ``load_state_dict()`` the next iteration rebuilds that epoch and skips those batches before
+decoding. The same state is exposed by the loader, so Lightning treats it as resumable. Exact resume requires the same
+``seed``, ``batch_size``, ``epoch_size``, ``num_workers`` and world size.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from audiossl.data.manifest import Manifest, read_manifest
+from audiossl.data.pipeline import EvalStream, ShardRef, TrainStream, batches_per_rank, shard_refs
+
+log = logging.getLogger("audiossl.data")
+
+
+class _TrainLoader(DataLoader):
+    """A DataLoader that asks its datamodule, on every ``iter()``, which epoch to stream and how far to skip."""
+
+    def __init__(self, dataset: TrainStream, datamodule: "AudioDataModule | None" = None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.datamodule = datamodule
+        self.epoch: int | None = None
+        self.batches_yielded = 0
+
+    def __iter__(self):
+        epoch, skip = self.datamodule._begin_epoch() if self.datamodule is not None else (0, 0)
+        self.dataset.set_epoch(epoch, skip)
+        self.epoch, self.batches_yielded = epoch, skip
+        return self._counting(super().__iter__())
+
+    def _counting(self, it):
+        for batch in it:
+            self.batches_yielded += 1
+            yield batch
+
+    # Lightning saves and restores "stateful" loaders itself; delegate to the datamodule (same state, idempotent).
+    def state_dict(self) -> dict:
+        return self.datamodule.state_dict() if self.datamodule is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.datamodule is not None and state_dict:
+            self.datamodule.load_state_dict(state_dict)
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Sharded audio prepared by ``audiossl prep``, streamed for training and evaluation.
+
+    Args:
+        root: dataset folder holding ``manifest.json`` and the shards.
+        train_split: training split; several joined with ``+`` (``balanced_train+unbalanced_train``) read as one.
+        eval_split: evaluation split (default: ``eval`` if the dataset has it, else the manifest's evaluation split,
+            else none).
+        eval_fold: ESC-50 style cross-validation: samples with ``fold == eval_fold`` form the evaluation set and the
+            others the training set, both read from ``train_split``.
+        batch_size: training batch size per rank (per device).
+        eval_batch_size: evaluation batch size (default: ``batch_size``).
+        num_workers: DataLoader worker processes per rank (0: load in the main process).
+        clip_seconds: crop/pad every clip to this length (random window for training, the first window for
+            evaluation, zeros appended); default: the dataset's clip length, else its longest training clip.
+        shuffle_buffer: samples in each worker's shuffle buffer (raw FLAC bytes, ~190 kB per 10 s clip).
+        epoch_size: training samples per epoch over all ranks (default: the training set's size); each rank yields
+            ``epoch_size // (world_size * batch_size)`` batches.
+        seed: seeds shard order, shuffling and crops; a run is reproducible from it.
+        weighted: AudioSet-2M style sampling: each epoch draws without replacement by the samples' ``weight``.
+        pin_memory: pin batches for faster host-to-GPU copies (default: when CUDA is available).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "train",
+        eval_split: str | None = None,
+        eval_fold: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        clip_seconds: float | None = None,
+        shuffle_buffer: int = 1000,
+        epoch_size: int | None = None,
+        seed: int = 0,
+        weighted: bool = False,
+        pin_memory: bool | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if eval_split is not None and eval_fold is not None:
+            raise ValueError("set eval_split or eval_fold, not both (eval_fold takes its samples from train_split)")
+        if clip_seconds is not None and clip_seconds <= 0:
+            raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
+        if epoch_size is not None and epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
+        self.save_hyperparameters()
+        self.root = str(root)
+        self.train_split = train_split
+        self._eval_split = eval_split
+        self.eval_fold = eval_fold
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._clip_seconds = clip_seconds
+        self.shuffle_buffer = shuffle_buffer
+        self._epoch_size = epoch_size
+        self.seed = seed
+        self.weighted = weighted
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._manifest: Manifest | None = None
+        self._train_refs: list[ShardRef] | None = None
+        self._eval_refs: list[ShardRef] | None = None
+        self._loader: _TrainLoader | None = None
+        self._next_epoch = 0  # without a Trainer: the epoch the next iter() streams
+        self._stream_epoch: int | None = None  # the epoch the training loader is (or was last) streaming
+        self._resume: dict | None = None  # loaded state not yet applied
+
+    # --- what the dataset is (cheap, lazy: usable right after construction) --------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = read_manifest(self.root)
+        return self._manifest
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest.labels.names)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.manifest.multi_label
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the batches: the dataset's (16000 when ``--keep-rate`` left mixed rates: resampled)."""
+        return int(self.manifest.sample_rate or 16000)
+
+    @property
+    def stats(self) -> dict | None:
+        """fbank ``{"mean", "std", ...}`` written by ``audiossl stats``, else ``None``."""
+        return self.manifest.stats
+
+    @property
+    def train_splits(self) -> list[str]:
+        return [s for s in self.train_split.split("+") if s]
+
+    @property
+    def eval_split(self) -> str | None:
+        """The evaluation split (``None`` with ``eval_fold``, whose samples come from the training split)."""
+        if self.eval_fold is not None:
+            return None
+        return self._eval_split if self._eval_split is not None else self.manifest.evaluation_split()
+
+    @property
+    def has_eval(self) -> bool:
+        return self.eval_fold is not None or self.eval_split is not None
+
+    @property
+    def clip_seconds(self) -> float:
+        if self._clip_seconds is not None:
+            return float(self._clip_seconds)
+        m = self.manifest
+        if m.params.get("clip_seconds"):
+            return float(m.params["clip_seconds"])
+        splits = [s for s in self.train_splits if s in m.splits] or list(m.splits)
+        longest = max((m.splits[s].max_duration for s in splits), default=0.0)
+        if longest <= 0:
+            raise ValueError(f"{self.root}: cannot infer clip_seconds from an empty dataset; set clip_seconds")
+        return longest
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    # --- shards ---------------------------------------------------------------------------------------------------
+    def _fold_filter(self, train: bool):
+        if self.eval_fold is None:
+            return None
+        k = int(self.eval_fold)
+        return (lambda f: f != k) if train else (lambda f: f == k)
+
+    def train_refs(self) -> list[ShardRef]:
+        if self._train_refs is None:
+            for s in self.train_splits:
+                self.manifest.split(s)  # a clear error for a missing split
+            self._train_refs = shard_refs(self.root, self.manifest, self.train_splits, self._fold_filter(True),
+                                          self.weighted)
+        return self._train_refs
+
+    def eval_refs(self) -> list[ShardRef] | None:
+        if not self.has_eval:
+            return None
+        if self._eval_refs is None:
+            splits = self.train_splits if self.eval_fold is not None else [self.eval_split]
+            self._eval_refs = shard_refs(self.root, self.manifest, splits, self._fold_filter(False))
+        return self._eval_refs
+
+    @property
+    def train_size(self) -> int:
+        """Training samples (after the fold filter)."""
+        return sum(len(r.candidates()) for r in self.train_refs())
+
+    @property
+    def epoch_size(self) -> int:
+        return self._epoch_size if self._epoch_size is not None else self.train_size
+
+    # --- Lightning hooks ------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Nothing: the data is prepared by ``audiossl prep``."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the manifest and resolve the shards of the stage's splits (errors surface here, on every rank)."""
+        if stage in (None, "fit"):
+            self.train_refs()
+        if stage in (None, "fit", "validate", "test", "predict"):
+            self.eval_refs()
+
+    def _rank_world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        trainer = self._trainer_or_none()
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        return 0, 1
+
+    def _trainer_or_none(self):
+        return getattr(self, "trainer", None)
+
+    def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> TrainStream:
+        """The training stream of ``rank`` of ``world_size`` (default: this process's)."""
+        r, w = self._rank_world()
+        rank, world_size = (r if rank is None else rank), (w if world_size is None else world_size)
+        m = self.manifest
+        return TrainStream(
+            self.train_refs(),
+            num_classes=m.num_classes,
+            multi_label=m.multi_label,
+            sample_rate=self.sample_rate,
+            clip_samples=self.clip_samples,
+            batch_size=self.batch_size,
+            epoch_size=self.epoch_size,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            weighted=self.weighted,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def eval_dataset(self, rank: int | None = None, world_size: int | None = None) -> EvalStream | None:
+        """The evaluation stream of ``rank`` of ``world_size``; ``None`` when there is no evaluation set."""
+        refs = self.eval_refs()
+        if refs is None:
+            return None
+        r, w = self._rank_world()
+        m = self.manifest
+        return EvalStream(
+            refs,
+            num_classes=m.num_classes,
+            multi_label=m.multi_label,
+            sample_rate=self.sample_rate,
+            clip_samples=self.clip_samples,
+            batch_size=self.eval_batch_size,
+            rank=r if rank is None else rank,
+            world_size=w if world_size is None else world_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.train_dataset()
+        slots = ds.world_size * max(1, self.num_workers)
+        if len(ds.shards) < slots:
+            log.warning(
+                "%s: %d training shards for %d reading slots (world size %d x %d workers): every slot reads every "
+                "shard and keeps every %d-th sample. Write smaller shards (--shard-size) for large datasets.",
+                self.root, len(ds.shards), slots, ds.world_size, max(1, self.num_workers), slots,
+            )
+        if len(ds) < max(1, self.num_workers):
+            log.warning("%s: %d batches per epoch for %d workers: some workers idle", self.root, len(ds),
+                        self.num_workers)
+        # Lightning warns that a sized IterableDataset may be "inaccurate" with workers; this one's length is exact.
+        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+        self._loader = _TrainLoader(
+            ds, datamodule=self, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
+        return self._loader
+
+    def _eval_loader(self):
+        ds = self.eval_dataset()
+        if ds is None:
+            return []
+        return DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def val_dataloader(self):
+        """The evaluation set, each sample exactly once (an empty list when there is none)."""
+        return self._eval_loader()
+
+    def test_dataloader(self):
+        return self._eval_loader()
+
+    def predict_dataloader(self):
+        return self._eval_loader()
+
+    # --- epochs and exact resume ----------------------------------------------------------------------------------
+    def _begin_epoch(self) -> tuple[int, int]:
+        """Called by the training loader on ``iter()``: ``(epoch to stream, batches of it to skip)``."""
+        trainer = self._trainer_or_none()
+        if self._resume is not None:
+            epoch, skip = int(self._resume["epoch"]), int(self._resume["batches_done"])
+            self._resume = None
+        elif trainer is not None:
+            epoch, skip = int(trainer.fit_loop.epoch_progress.current.processed), 0
+        else:
+            epoch, skip = self._next_epoch, 0
+        self._stream_epoch, self._next_epoch = epoch, epoch + 1
+        return epoch, skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "batches_done", ...}``: where the training stream stands (see the module docstring)."""
+        if self._resume is not None:  # loaded but not applied yet: keep it
+            return dict(self._resume)
+        rank_batches = self._rank_batches()
+        trainer = self._trainer_or_none()
+        if self._stream_epoch is None:
+            epoch = int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else self._next_epoch
+            done = 0
+        else:
+            epoch = self._stream_epoch
+            if trainer is not None:
+                fit = trainer.fit_loop
+                done = int(fit.epoch_loop.batch_progress.current.processed)
+                if fit.epoch_progress.current.processed > epoch:  # that epoch's batches are over
+                    epoch, done = epoch + 1, 0
+            else:
+                done = self._loader.batches_yielded if self._loader is not None else 0
+        if rank_batches is not None and done >= rank_batches:
+            epoch, done = epoch + 1, 0
+        _, world = self._rank_world()
+        return {
+            "epoch": epoch,
+            "batches_done": done,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "epoch_size": self._epoch_size,
+            "num_workers": self.num_workers,
+            "world_size": world,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume: the next training iteration streams ``epoch`` from batch ``batches_done`` on."""
+        if not state_dict or "epoch" not in state_dict:
+            return
+        _, world = self._rank_world()
+        now = {"seed": self.seed, "batch_size": self.batch_size, "epoch_size": self._epoch_size,
+               "num_workers": self.num_workers, "world_size": world}
+        changed = {k: (state_dict[k], v) for k, v in now.items() if k in state_dict and state_dict[k] != v}
+        if changed:
+            log.warning("resuming the data stream with changed settings %s (saved, now): the resumed epoch will "
+                        "not replay the interrupted one exactly", changed)
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict.get("batches_done", 0))}
+        self._next_epoch = self._resume["epoch"]
+
+    def _rank_batches(self) -> int | None:
+        try:
+            return batches_per_rank(self.epoch_size, self.batch_size, self._rank_world()[1])
+        except Exception:
+            return None
+
+    def describe(self) -> str:
+        m = self.manifest
+        return (f"{Path(self.root).name}: {m.num_classes} classes ({'multi' if m.multi_label else 'single'}-label), "
+                f"train {self.train_split} ({self.train_size} clips), eval "
+                f"{self.eval_split if self.eval_fold is None else f'fold {self.eval_fold}'}, "
+                f"{self.clip_seconds:g} s clips at {self.sample_rate} Hz")

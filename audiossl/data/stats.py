@@ -1,0 +1,142 @@
+"""Normalisation statistics of a dataset's log-mel features (``audiossl stats DIR``).
+
+The mean and standard deviation of every log-mel value — all frames and all mel bins of each clip, no padding
+frames — of the front end's kaldi fbank *before* normalisation, over a split or a seeded random sample of its
+clips. They are written into the manifest's ``stats``; models normalise with ``(x - mean) / (2 * std)``
+(``FrontEndConfig(mean=..., std=...)``; ``AudioDataModule.stats`` hands them over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audiossl import audio
+from audiossl.data.manifest import read_manifest, write_manifest
+from audiossl.data.pipeline import read_shard
+from audiossl.features import FrontEndConfig, kaldi_fbank
+
+log = logging.getLogger("audiossl.data")
+_BATCH = 32
+
+
+def _chosen_positions(counts: list[int], max_clips: int | None, seed: int) -> list[np.ndarray | None]:
+    """Per shard: the positions to read (``None``: all)."""
+    total = sum(counts)
+    if max_clips is None or max_clips >= total:
+        return [None] * len(counts)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_clips, replace=False))
+    bounds = np.cumsum([0] + counts)
+    return [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def compute_stats(
+    root: str | Path,
+    split: str = "train",
+    max_clips: int | None = None,
+    seed: int = 0,
+    front_end: FrontEndConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """fbank ``{"mean", "std", "frames", "clips", ...}`` over ``split`` (or ``max_clips`` clips drawn with ``seed``)."""
+    from tqdm import tqdm
+
+    fe = front_end or FrontEndConfig()
+    root = Path(root)
+    info = read_manifest(root).split(split)
+    plan = _chosen_positions([s.samples for s in info.shards], max_clips, seed)
+    n_clips = sum(s.samples if p is None else len(p) for s, p in zip(info.shards, plan))
+    total = torch.zeros((), dtype=torch.float64)
+    total_sq = torch.zeros((), dtype=torch.float64)
+    frames = clips = bad = 0
+    pending: list[torch.Tensor] = []
+
+    def flush():
+        nonlocal total, total_sq, frames
+        by_length: dict[int, list[torch.Tensor]] = {}
+        for w in pending:
+            by_length.setdefault(w.shape[0], []).append(w)
+        for waves in by_length.values():
+            fb = kaldi_fbank(torch.stack(waves), fe.sample_rate, fe.num_mel_bins, fe.frame_length, fe.frame_shift)
+            fb = fb.double()  # [B, T, F]
+            total += fb.sum()
+            total_sq += (fb * fb).sum()
+            frames += fb.shape[0] * fb.shape[1]
+        pending.clear()
+
+    bar = tqdm(total=n_clips, unit="clip", desc=f"stats {root.name}/{split}", disable=not progress)
+    for shard, positions in zip(info.shards, plan):
+        try:
+            for _, key, members in read_shard(str(root / shard.path), positions):
+                bar.update(1)
+                try:
+                    wave = audio.load(members.get("flac", b""), fe.sample_rate)
+                except audio.AudioDecodeError as e:
+                    bad += 1
+                    log.warning("stats: skipping %s in %s: %s", key, shard.path, e.reason)
+                    continue
+                clips += 1
+                pending.append(wave)
+                if len(pending) >= _BATCH:
+                    flush()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            bad += 1
+            log.warning("stats: shard %s is damaged, skipping the rest of it: %s", shard.path, e)
+    flush()
+    bar.close()
+    if frames == 0:
+        raise ValueError(f"{root}: no decodable clip in split {split!r} to compute statistics from")
+    count = frames * fe.num_mel_bins
+    mean = (total / count).item()
+    var = max(0.0, (total_sq / count).item() - mean * mean)
+    return {
+        "mean": round(mean, 6),
+        "std": round(math.sqrt(var), 6),
+        "split": split,
+        "clips": clips,
+        "frames": frames,
+        "bad_clips": bad,
+        "max_clips": max_clips,
+        "seed": seed,
+        "front_end": {k: getattr(fe, k) for k in ("sample_rate", "num_mel_bins", "frame_length", "frame_shift")},
+        "method": "mean/std of every log-mel value (all frames and bins of each clip, no padding) of the kaldi fbank "
+        "before normalisation; normalise with (x - mean) / (2 * std)",
+    }
+
+
+def write_stats(root: str | Path, stats: dict) -> None:
+    """Store ``stats`` in the manifest (atomically)."""
+    m = read_manifest(root)
+    m.stats = stats
+    write_manifest(root, m)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="audiossl stats", description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="dataset folder (manifest.json + shards)")
+    p.add_argument("--split", default="train", help="split to measure (default train)")
+    p.add_argument("--max-clips", type=int, default=None, help="a seeded random sample of this many clips")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        stats = compute_stats(args.root, args.split, args.max_clips, args.seed, progress=not args.quiet)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"audiossl stats: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    write_stats(args.root, stats)
+    print(f"{args.root}: fbank mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['clips']} clips "
+          f"({stats['frames']} frames) of {args.split}; written to manifest.json"
+          + (f"; {stats['bad_clips']} bad clips skipped" if stats["bad_clips"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

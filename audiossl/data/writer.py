@@ -1,0 +1,491 @@
+"""The shard writer: the one piece of code under every converter (``data_prep/*``).
+
+A converter turns its source layout into a list of :class:`Clip` (a tar-safe key, a split, the json metadata and
+either an audio file path or a picklable ``render()`` function) plus the inputs it already knows are bad, and calls
+:func:`write_dataset`, which
+
+1. clears what a previous run left in ``DIR`` (the manifest first, so nothing stale is ever listed, then the shards,
+   ``*.tar.tmp`` leftovers, ``rejected.tsv`` and weight files of the splits involved) — a re-run **overwrites**;
+2. decodes, resamples (to ``sample_rate`` unless ``keep_rate``) and encodes each clip to 16-bit FLAC in a process
+   pool of ``workers`` (0 = in this process), consuming the results **in input order**, so the output is
+   byte-identical for a given input order whatever the number of workers;
+3. appends ``{key}.flac`` + ``{key}.json`` to ``DIR/{split}/{split}-NNNNNN.tar.tmp``; a shard is closed after
+   ``shard_size`` samples or before it would pass ``max_shard_bytes``, fsynced and renamed to ``.tar``;
+4. skips bad inputs (undecodable, empty, truncated, not audio, duplicate key) and lists them with the reason in
+   ``DIR/rejected.tsv`` (``source<TAB>reason``), then writes per-split weight CSVs and finally, atomically, the
+   manifest, and prints the counts (written / rejected / missing).
+
+A crash leaves at most a ``*.tar.tmp`` and no manifest: readers find nothing half-written, and the next run starts
+clean. Tar members carry fixed metadata (mtime 0), so shards are reproducible byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import sys
+import tarfile
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import webdataset as wds
+
+from audiossl import audio
+from audiossl.data.labels import LabelSpace
+from audiossl.data.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    atomic_write,
+    fsync_dir,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
+
+REJECTED_NAME = "rejected.tsv"
+MISSING = "missing"  # the reason recorded for inputs that do not exist
+_UNSAFE_KEY = re.compile(r"[./\\\s\x00-\x1f\x7f]")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_TAR_BLOCK = 512
+
+
+def default_workers() -> int:
+    """The CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def safe_key(text: str) -> str:
+    """A tar-safe sample key: ``.``, ``/``, ``\\``, whitespace and control characters become ``_``.
+
+    WebDataset splits a member name at the first dot of its basename, so a key must hold no dot; the original id is
+    kept in the json. The mapping is deterministic; two ids that map to the same key are caught as duplicates.
+    """
+    key = _UNSAFE_KEY.sub("_", text)
+    if not key:
+        raise ValueError(f"cannot make a sample key from {text!r}")
+    return key
+
+
+@dataclass
+class Clip:
+    """One input clip.
+
+    ``meta`` is stored as the sample's json (``id``, ``labels``, ``label_idx``, ``source`` and, where they exist,
+    ``fold``, ``start``, ``weight``); the writer adds ``duration`` and ``sample_rate``. Audio comes from ``path``
+    (any format :func:`audiossl.audio.load` reads) or from ``render()`` -> ``(wave [N] float in [-1, 1], rate)``,
+    which must be picklable (a module-level function or a ``functools.partial`` of one).
+    """
+
+    key: str
+    split: str
+    meta: dict
+    path: str | None = None
+    render: Callable[[], tuple[np.ndarray, int]] | None = None
+
+    @property
+    def source(self) -> str:
+        return self.path if self.path is not None else str(self.meta.get("id", self.key))
+
+
+@dataclass
+class WriterOptions:
+    """Writer settings shared by every converter (``--shard-size``, ``--max-shard-bytes``, ``--workers``, ...)."""
+
+    shard_size: int = 1000
+    max_shard_bytes: int = 1 << 30
+    workers: int = field(default_factory=default_workers)
+    sample_rate: int = 16000
+    keep_rate: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.max_shard_bytes < tarfile.RECORDSIZE:
+            raise ValueError(f"max_shard_bytes must be at least {tarfile.RECORDSIZE}, got {self.max_shard_bytes}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass
+class WriteReport:
+    """What :func:`write_dataset` did."""
+
+    manifest: Manifest
+    written: dict[str, int]
+    rejected: list[tuple[str, str]]  # (source, reason); missing inputs have reason "missing"
+    seconds: float
+
+    @property
+    def num_written(self) -> int:
+        return sum(self.written.values())
+
+    @property
+    def num_missing(self) -> int:
+        return sum(1 for _, r in self.rejected if r == MISSING)
+
+    @property
+    def num_rejected(self) -> int:
+        return len(self.rejected) - self.num_missing
+
+
+# --- command-line options shared by the converters ---------------------------------------------------------------
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"1G"``, ``"1.5e9"`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)i?[bB]?\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M or 2G)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def add_writer_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--out``, ``--workers``, ``--shard-size``, ``--max-shard-bytes``, ``--sample-rate``, ``--keep-rate``,
+    ``--quiet`` to a converter's parser."""
+    g = parser.add_argument_group("output")
+    g.add_argument("--out", required=True, help="dataset folder to (over)write: manifest.json + {split}/*.tar")
+    g.add_argument("--workers", type=int, default=default_workers(), help="decode/encode processes (0: in-process)")
+    g.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    g.add_argument("--max-shard-bytes", type=parse_size, default=1 << 30, help="size cap per shard (default 1G)")
+    g.add_argument("--sample-rate", type=int, default=16000, help="resample to this rate (default 16000)")
+    g.add_argument("--keep-rate", action="store_true", help="keep each file's own sample rate")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace) -> WriterOptions:
+    return WriterOptions(
+        shard_size=args.shard_size,
+        max_shard_bytes=args.max_shard_bytes,
+        workers=args.workers,
+        sample_rate=args.sample_rate,
+        keep_rate=args.keep_rate,
+        progress=not args.quiet,
+    )
+
+
+# --- the per-clip work (runs in the pool) ------------------------------------------------------------------------
+def _encode_clip(clip: Clip, sample_rate: int | None):
+    """-> ``("ok", clip, flac bytes, json bytes, duration, rate)`` or ``("bad", clip, reason)``."""
+    try:
+        if clip.render is not None:
+            wave, rate = clip.render()
+            wave = np.asarray(wave, dtype=np.float32)
+            if sample_rate is not None and rate != sample_rate:
+                import torch
+
+                wave = audio.resample(torch.from_numpy(wave), rate, sample_rate).numpy()
+                rate = sample_rate
+        else:
+            suffix = Path(clip.path or "").suffix.lower()
+            if suffix not in audio.AUDIO_EXTENSIONS:
+                return ("bad", clip, f"not an audio file: extension {suffix or '(none)'!r} is not one of "
+                        f"{', '.join(audio.AUDIO_EXTENSIONS)}")
+            tensor, rate = audio.load_with_rate(clip.path, sample_rate)
+            wave = tensor.numpy()
+        if wave.ndim != 1 or wave.shape[0] == 0:
+            return ("bad", clip, f"expected a non-empty mono waveform, got shape {tuple(wave.shape)}")
+        if not np.isfinite(wave).all():
+            return ("bad", clip, "the audio holds NaN or infinite samples")
+        flac = audio.encode_flac(wave, rate)
+    except audio.AudioDecodeError as e:
+        return ("bad", clip, e.reason)
+    except Exception as e:  # a long conversion never dies on one input: record it and go on
+        return ("bad", clip, f"{type(e).__name__}: {e}")
+    duration = wave.shape[0] / rate
+    meta = dict(clip.meta)
+    meta.update(duration=round(duration, 4), sample_rate=int(rate))
+    js = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return ("ok", clip, flac, js, duration, int(rate))
+
+
+def _encode_chunk(clips: list[Clip], sample_rate: int | None) -> list:
+    return [_encode_clip(c, sample_rate) for c in clips]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+
+
+def _ordered_map(clips: Iterable[Clip], sample_rate: int | None, workers: int, chunk: int = 8) -> Iterator:
+    """Encode clips, yielding results in input order; at most ``4 * workers`` chunks in flight."""
+    if workers == 0:
+        for c in clips:
+            yield _encode_clip(c, sample_rate)
+        return
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker) as pool:
+        pending: deque = deque()
+        it = iter(clips)
+        done = False
+        try:
+            while True:
+                while not done and len(pending) < 4 * workers:
+                    batch = [c for _, c in zip(range(chunk), it)]
+                    if not batch:
+                        done = True
+                        break
+                    pending.append(pool.submit(_encode_chunk, batch, sample_rate))
+                if not pending:
+                    return
+                yield from pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+# --- shards ------------------------------------------------------------------------------------------------------
+def _member_bytes(name: str, n: int) -> int:
+    """Bytes a member takes in the tar: header (plus a PAX header for long or non-ASCII names) and padded data."""
+    header = _TAR_BLOCK
+    if len(name) >= 100 or not name.isascii():  # a PAX extended header precedes the member
+        header += 2 * _TAR_BLOCK + -(-len(name.encode()) // _TAR_BLOCK) * _TAR_BLOCK
+    return header + -(-n // _TAR_BLOCK) * _TAR_BLOCK
+
+
+def _file_bytes(members: int) -> int:
+    """Size of a tar file whose members take ``members`` bytes: two end blocks, padded to a 10240-byte record."""
+    return -(-(members + 2 * _TAR_BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+class _SplitWriter:
+    """Writes one split's shards: ``{split}/{split}-NNNNNN.tar.tmp`` -> fsync -> rename to ``.tar``."""
+
+    def __init__(self, root: Path, split: str, shard_size: int, max_bytes: int):
+        self.root, self.split = root, split
+        self.shard_size, self.max_bytes = shard_size, max_bytes
+        self.dir = root / split
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.info = SplitInfo()
+        self.weights: list[tuple[str, float]] = []
+        self.rates: set[int] = set()
+        self.total = 0
+        self._file = None
+        self._tar: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._count = self._bytes = 0
+        self._duration = 0.0
+        self._folds: list = []
+
+    def _open(self) -> None:
+        name = f"{self.split}-{len(self.info.shards):06d}.tar"
+        self._tmp = self.dir / (name + ".tmp")
+        self._file = open(self._tmp, "wb")
+        # fixed owner/mtime/mode: identical input -> identical bytes; PAX allows long and non-ASCII keys
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="audiossl", group="audiossl",
+                                  mode=0o444, format="PAX_FORMAT")
+        self._count = self._bytes = 0
+        self._duration = 0.0
+        self._folds = []
+
+    def add(self, key: str, flac: bytes, js: bytes, duration: float, meta: dict, rate: int) -> None:
+        size = _member_bytes(key + ".flac", len(flac)) + _member_bytes(key + ".json", len(js))
+        if self._tar is not None and (
+            self._count >= self.shard_size or (self._count > 0 and _file_bytes(self._bytes + size) > self.max_bytes)
+        ):
+            self._finish()
+        if self._tar is None:
+            self._open()
+        self._tar.write({"__key__": key, "flac": flac, "json": js})
+        self._count += 1
+        self._bytes += size
+        self._duration += duration
+        self._folds.append(meta.get("fold"))
+        if "weight" in meta:
+            self.weights.append((key, float(meta["weight"])))
+        self.total += 1
+        self.info.min_duration = duration if self.total == 1 else min(self.info.min_duration, duration)
+        self.info.max_duration = max(self.info.max_duration, duration)
+        self.rates.add(rate)
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._file is not None and self._tmp is not None
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        final = self._tmp.with_suffix("")  # drop ".tmp"
+        os.replace(self._tmp, final)
+        folds = None if any(f is None for f in self._folds) else [int(f) for f in self._folds]
+        self.info.shards.append(
+            ShardInfo(f"{self.split}/{final.name}", self._count, self._duration, final.stat().st_size, folds)
+        )
+        self._tar = self._file = self._tmp = None
+
+    def close(self) -> SplitInfo:
+        if self._tar is not None:
+            self._finish()
+        fsync_dir(self.dir)
+        return self.info
+
+    def abort(self) -> None:
+        """Drop the shard being written (after an error)."""
+        try:
+            if self._tar is not None:
+                self._tar.close()  # completes the tar stream in the temp file, which is then removed
+        except Exception:
+            pass
+        finally:
+            if self._file is not None:
+                self._file.close()
+            if self._tmp is not None and self._tmp.exists():
+                self._tmp.unlink()
+            self._tar = self._file = self._tmp = None
+
+
+# --- the dataset folder ------------------------------------------------------------------------------------------
+def _remove_split_files(root: Path, split: str) -> None:
+    d = root / split
+    if d.is_dir():
+        for p in d.iterdir():
+            if re.fullmatch(re.escape(split) + r"-\d+\.tar(\.tmp)?", p.name):
+                p.unlink()
+    w = root / f"{split}_weights.csv"
+    if w.exists():
+        w.unlink()
+
+
+def _clear_previous(root: Path) -> None:
+    """Remove the manifest first (nothing stale can be listed from here on), then what it listed."""
+    old_splits: list[str] = []
+    if manifest_path(root).exists():
+        try:
+            old_splits = list(read_manifest(root).splits)
+        except Exception:
+            old_splits = []
+        manifest_path(root).unlink()
+        fsync_dir(root)
+    for split in old_splits:
+        _remove_split_files(root, split)
+    for name in (REJECTED_NAME, MANIFEST_NAME + ".tmp"):
+        if (root / name).exists():
+            (root / name).unlink()
+
+
+def _clean_reason(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def write_rejected(root: Path, rejected: Sequence[tuple[str, str]]) -> None:
+    lines = ["source\treason"] + [f"{_clean_reason(s)}\t{_clean_reason(r)}" for s, r in rejected]
+    atomic_write(root / REJECTED_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def write_dataset(
+    out: str | Path,
+    clips: Iterable[Clip],
+    *,
+    labels: LabelSpace,
+    multi_label: bool,
+    options: WriterOptions | None = None,
+    params: dict | None = None,
+    rejected: Sequence[tuple[str, str]] = (),
+    evaluation: dict | None = None,
+    ontology: dict | None = None,
+    total: int | None = None,
+) -> WriteReport:
+    """Write ``clips`` as a sharded dataset in ``out`` (see the module docstring); returns a :class:`WriteReport`.
+
+    ``rejected`` holds ``(source, reason)`` pairs the converter already found bad (reason ``"missing"`` for inputs that
+    do not exist); they go to ``rejected.tsv`` first, followed by what fails here, in input order.
+    """
+    from tqdm import tqdm
+
+    options = options or WriterOptions()
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    _clear_previous(root)
+    if total is None and hasattr(clips, "__len__"):
+        total = len(clips)  # type: ignore[arg-type]
+    target_rate = None if options.keep_rate else options.sample_rate
+    writers: dict[str, _SplitWriter] = {}
+    keys: dict[str, set[str]] = {}  # per split: the keys written so far
+    bad: list[tuple[str, str]] = list(rejected)
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, unit="clip", desc=f"writing {root.name}", disable=not options.progress, smoothing=0.05)
+    try:
+        for result in _ordered_map(clips, target_rate, options.workers):
+            bar.update(1)
+            if result[0] == "bad":
+                bad.append((result[1].source, result[2]))
+                continue
+            _, clip, flac, js, duration, rate = result
+            if not _SPLIT_NAME.match(clip.split):
+                raise ValueError(f"split name {clip.split!r} must be letters, digits, '_' or '-'")
+            if _UNSAFE_KEY.search(clip.key) or not clip.key:
+                bad.append((clip.source, f"unsafe sample key {clip.key!r} (make keys with safe_key)"))
+                continue
+            seen = keys.setdefault(clip.split, set())
+            if clip.key in seen:
+                bad.append((clip.source, f"duplicate key {clip.key!r} in split {clip.split!r}: an earlier input of the "
+                            "split maps to the same key"))
+                continue
+            seen.add(clip.key)
+            w = writers.get(clip.split)
+            if w is None:
+                _remove_split_files(root, clip.split)
+                w = writers[clip.split] = _SplitWriter(root, clip.split, options.shard_size, options.max_shard_bytes)
+            w.add(clip.key, flac, js, duration, clip.meta, rate)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    splits = {name: w.close() for name, w in writers.items()}
+    for name, w in writers.items():
+        if w.weights:
+            rows = ["key,weight"] + [f"{k},{v:.6g}" for k, v in w.weights]
+            atomic_write(root / f"{name}_weights.csv", ("\n".join(rows) + "\n").encode("utf-8"))
+            splits[name].weights = f"{name}_weights.csv"
+    write_rejected(root, bad)
+    rates = set().union(*(w.rates for w in writers.values())) if writers else {target_rate or options.sample_rate}
+    run_params = dict(params or {})
+    run_params.update(
+        shard_size=options.shard_size,
+        max_shard_bytes=options.max_shard_bytes,
+        sample_rate=target_rate,
+        keep_rate=options.keep_rate,
+    )
+    manifest = Manifest(
+        labels=labels,
+        multi_label=multi_label,
+        sample_rate=next(iter(rates)) if len(rates) == 1 else None,
+        splits=splits,
+        params=run_params,
+        evaluation=evaluation,
+        ontology=ontology,
+    )
+    write_manifest(root, manifest)  # last: from here on the dataset exists
+    report = WriteReport(manifest, {k: v.samples for k, v in splits.items()}, bad, time.perf_counter() - t0)
+    _print_summary(root, report)
+    return report
+
+
+def _print_summary(root: Path, r: WriteReport) -> None:
+    per_split = ", ".join(
+        f"{name}: {info.samples} clips in {len(info.shards)} shards ({info.duration / 3600:.2f} h)"
+        for name, info in r.manifest.splits.items()
+    )
+    rate = r.num_written / r.seconds if r.seconds > 0 else 0.0
+    print(f"{root}: written {r.num_written} / rejected {r.num_rejected} / missing {r.num_missing} "
+          f"in {r.seconds:.1f} s ({rate:.0f} clips/s)")
+    if per_split:
+        print(f"  {per_split}")
+    if r.rejected:
+        print(f"  rejected and missing inputs are listed with the reason in {root / REJECTED_NAME}")
+    sys.stdout.flush()

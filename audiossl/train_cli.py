@@ -1,0 +1,212 @@
+"""The training verbs, ``audiossl pretrain`` and ``audiossl finetune``: LightningCLI over a model and ``AudioDataModule``.
+
+    audiossl pretrain --config configs/pretrain/eat_tiny.yaml --data.root DIR \\
+        --trainer.max_steps 20 --trainer.default_root_dir OUT [--ckpt_path last]
+
+YAML config plus dotted overrides; ``--print_config`` prints the resolved config; unknown keys are errors. Every run
+directory ``OUT`` gets ``OUT/checkpoints/`` (``last.ckpt`` plus one every ``--checkpoint_every_n_steps``), TensorBoard
+event files and the resolved ``config.yaml``; ``--ckpt_path last`` resumes from ``OUT/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import glob
+import inspect
+import logging
+import os
+import pydoc
+import re
+import sys
+import warnings
+from typing import Optional
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from audiossl.data import AudioDataModule
+
+
+def init_parameters(cls) -> list[str]:
+    """Constructor parameters of ``cls`` and of the parents it forwards ``**kwargs`` to."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def explain_unknown_keys(message: str, model_class, section_classes: dict) -> str:
+    """Add the list of valid keys (and the closest match) to jsonargparse's unknown-key errors."""
+    extra = []
+    m = re.search(r"class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", message, re.S)
+    if m:
+        cls = pydoc.locate(m.group(1)) or model_class
+        valid = init_parameters(cls)
+        near = difflib.get_close_matches(m.group(2), valid, n=1)
+        extra.append(f"model key {m.group(2)!r} is not an option of {m.group(1)}"
+                     + (f" (did you mean {near[0]!r}?)" if near else "") + f"; valid keys: {', '.join(valid)}")
+    for key in re.findall(r"--(\w+)\.([\w.]+)", message if "unrecognized arguments" in message else ""):
+        section, name = key[0], key[1].split(".")[0]
+        if section in section_classes:
+            valid = init_parameters(section_classes[section])
+            near = difflib.get_close_matches(name, valid, n=1)
+            extra.append(f"{section} key {name!r} is unknown" + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; valid {section} keys: {', '.join(valid)}")
+    return message + ("\n" + "\n".join(extra) if extra else "")
+
+
+class AudioSSLCLI(LightningCLI):
+    """LightningCLI with audiossl's run-directory conventions."""
+
+    default_root = "runs/train"
+
+    def parse_arguments(self, parser, args) -> None:
+        from jsonargparse import ArgumentError
+        from lightning.pytorch import Trainer
+
+        parser.exit_on_error = False
+        try:
+            self.config = parser.parse_args(args)
+        except ArgumentError as e:
+            sections = {"data": AudioDataModule, "trainer": Trainer, "model": self.model_class}
+            print(explain_unknown_keys(str(e), self.model_class, sections), file=sys.stderr)
+            print(f"tip: {parser.prog} --help lists every option", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            parser.exit_on_error = True
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                            help="resume from this checkpoint, or 'last' for OUT/checkpoints/last.ckpt")
+        parser.add_argument("--checkpoint_every_n_steps", type=int, default=1000,
+                            help="keep a numbered checkpoint every N optimizer steps (last.ckpt is refreshed too)")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        t = cfg.trainer
+        root = t.default_root_dir or self.default_root
+        t.default_root_dir = root
+        if t.logger is None or t.logger is True:
+            t.logger = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": root, "name": "", "version": ""},
+            }
+        callbacks = list(t.callbacks or [])
+        if not any("ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
+            callbacks.append({
+                "class_path": "audiossl.checkpointing.RunCheckpoint",
+                "init_args": {
+                    "dirpath": os.path.join(root, "checkpoints"),
+                    "filename": "step{step:08d}",
+                    "auto_insert_metric_name": False,
+                    "every_n_train_steps": cfg.checkpoint_every_n_steps,
+                    "save_top_k": -1,
+                    "save_last": True,
+                    "enable_version_counter": False,  # a resumed run refreshes last.ckpt, not last-v1.ckpt
+                },
+            })
+        if not any("RequeueOnSignal" in str(getattr(c, "class_path", c)) for c in callbacks):
+            # SIGUSR1 (SLURM's --signal=SIGUSR1@90): save hpc_ckpt_N.ckpt at the next step on all ranks, requeue, stop
+            callbacks.append({"class_path": "audiossl.preemption.RequeueOnSignal"})
+        t.callbacks = callbacks
+        plugins = t.plugins if isinstance(t.plugins, list) else ([t.plugins] if t.plugins else [])
+        if not any("CheckpointIO" in str(getattr(p, "class_path", p)) for p in plugins):
+            plugins.append({"class_path": "audiossl.checkpointing.AtomicCheckpointIO"})
+        t.plugins = plugins
+        if t.precision is None:
+            t.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+        if torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The newest of ``root/checkpoints/last.ckpt`` and Lightning's SLURM requeue checkpoints ``root/hpc_ckpt_*.ckpt``."""
+    candidates = [os.path.join(root, "checkpoints", "last.ckpt")] + glob.glob(os.path.join(root, "hpc_ckpt_*.ckpt"))
+    candidates = [c for c in candidates if os.path.isfile(c)]
+    return max(candidates, key=os.path.getmtime) if candidates else None
+
+
+def _ckpt_path(cli: AudioSSLCLI) -> str | None:
+    path = cli.config.ckpt_path
+    if path == "last":
+        last = latest_checkpoint(cli.trainer.default_root_dir)
+        if last is None:
+            print(f"audiossl: --ckpt_path last: nothing to resume in {cli.trainer.default_root_dir}, starting afresh",
+                  file=sys.stderr)
+        else:
+            print(f"audiossl: resuming from {last}", file=sys.stderr)
+        return last
+    if path is not None and not os.path.exists(path):
+        raise SystemExit(f"audiossl: --ckpt_path {path}: no such checkpoint")
+    return path
+
+
+class _DropTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Silence advice that does not apply here: the product tip, and the teacher being in eval mode on purpose."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tip = _DropTip()
+    log.addFilter(tip)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # we pass args explicitly; LightningCLI warns when both are set
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            # pretraining overrides optimizer_step on purpose: the EMA teacher moves once per optimizer step
+            warnings.filterwarnings("ignore", message=r".*the hooks will not be called on every batch.*")
+            yield
+    finally:
+        sys.argv = argv
+        log.removeFilter(tip)
+
+
+def build_cli(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> AudioSSLCLI:
+    """Parse ``argv`` and instantiate the model, the datamodule and the Trainer (no training)."""
+    cls = type("CLI", (AudioSSLCLI,), {"default_root": default_root})
+    with _quiet_lightning():
+        return cls(
+            model_class,
+            AudioDataModule,
+            subclass_mode_model=subclass_mode,
+            run=False,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": f"audiossl {default_root.split('/')[-1]}"},
+        )
+
+
+def run(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> int:
+    cli = build_cli(model_class, argv, default_root, subclass_mode)
+    with _quiet_lightning():
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=_ckpt_path(cli))
+    return 0
+
+
+def pretrain(argv: list[str]) -> int:
+    """``audiossl pretrain``: a ``PretrainModule`` subclass (``--model EAT|MAE|JEPA|SSLAM`` or a config's class_path)."""
+    from audiossl.objectives import PretrainModule
+
+    return run(PretrainModule, argv, "runs/pretrain", subclass_mode=True)
+
+
+def finetune(argv: list[str]) -> int:
+    """``audiossl finetune``: ``FinetuneModule`` on labelled data."""
+    from audiossl.finetune import FinetuneModule
+
+    return run(FinetuneModule, argv, "runs/finetune", subclass_mode=False)

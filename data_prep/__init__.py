@@ -1,0 +1,12 @@
+"""Converters from source datasets to audiossl shards, one module per source, each thin over
+:func:`audiossl.data.writer.write_dataset`:
+
+- ``folder``   a user's own audio files listed in a CSV (``path,labels[,split][,fold]``)
+- ``esc50``    an ``ESC-50-master`` download
+- ``audioset`` the official AudioSet segment CSVs plus a folder of downloaded clips
+- ``synth``    the procedural demo corpus
+
+Each runs as ``audiossl prep NAME ... --out DIR`` or ``python -m data_prep.NAME ... --out DIR``.
+"""
+
+CONVERTERS = ("folder", "esc50", "audioset", "synth")
