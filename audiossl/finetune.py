@@ -215,16 +215,23 @@ class FinetuneModule(L.LightningModule):
         self._keys.extend(batch["key"])
 
     def on_validation_epoch_end(self) -> None:
-        if not self._scores:
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        if not self._scores and not distributed:
             return
-        scores = gather_variable(self, torch.cat(self._scores))
-        targets = gather_variable(self, torch.cat(self._targets))
+        # a rank may have had no evaluation sample (fewer samples than reading slots): it still joins the gathers
+        C, dev = self.model.head_config.num_classes, self.device
+        none = (torch.zeros(0, C, device=dev), torch.zeros(0, C, device=dev) if self.model.multi_label
+                else torch.zeros(0, dtype=torch.long, device=dev))
+        scores = gather_variable(self, torch.cat(self._scores) if self._scores else none[0])
+        targets = gather_variable(self, torch.cat(self._targets) if self._targets else none[1])
         # the sample keys of the score rows, all ranks (the evaluation stream gives every sample to one rank once)
         self.eval_keys = gather_strings(self, self._keys)
         if len(set(self.eval_keys)) != len(self.eval_keys) or len(self.eval_keys) != scores.shape[0]:
             rank_zero_warn(f"evaluation gathered {scores.shape[0]} score rows for {len(self.eval_keys)} keys "
                            f"({len(set(self.eval_keys))} distinct): some sample was scored twice, so the metrics are "
                            "biased; check the evaluation data loader")
+        if scores.shape[0] == 0:
+            return
         m = classification_metrics(scores, targets)
         self.log_dict({f"val/{k}": float(m[k]) for k in ("mAP", "mAUC", "d_prime", "accuracy")}, sync_dist=False,
                       batch_size=1)

@@ -156,12 +156,18 @@ class _DropTip(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_lightning():
-    """Silence advice that does not apply here: the product tip, and the teacher being in eval mode on purpose."""
+def _quiet_lightning(strip_argv: bool = True):
+    """Silence advice that does not apply here: the product tip, and the teacher being in eval mode on purpose.
+
+    ``strip_argv``: hide the command line while the CLI parses (we pass args explicitly; LightningCLI warns when both
+    are set). Never during ``fit``: Lightning's DDP launcher starts the other ranks by re-running ``sys.argv``.
+    """
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     tip = _DropTip()
     log.addFilter(tip)
-    argv, sys.argv = sys.argv, sys.argv[:1]  # we pass args explicitly; LightningCLI warns when both are set
+    argv = sys.argv
+    if strip_argv:
+        sys.argv = sys.argv[:1]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -193,7 +199,7 @@ def build_cli(model_class, argv: list[str], default_root: str, subclass_mode: bo
 
 def run(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> int:
     cli = build_cli(model_class, argv, default_root, subclass_mode)
-    with _quiet_lightning():
+    with _quiet_lightning(strip_argv=False):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=_ckpt_path(cli))
     return 0
 

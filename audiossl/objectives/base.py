@@ -110,6 +110,16 @@ class PretrainModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         stats = getattr(dm, "stats", None) if dm is not None else None
+        if self._trainer is not None and isinstance(getattr(self, "teacher", None), EMATeacher):
+            from lightning.pytorch.strategies import FSDPStrategy
+
+            if isinstance(self.trainer.strategy, FSDPStrategy):
+                # FSDP flattens the student, the teacher and the decoder into shards whose boundaries differ, so the
+                # element-wise EMA (teacher <- d * teacher + (1 - d) * student) would pair unrelated numbers.
+                raise ValueError(
+                    f"{type(self).__name__} keeps an EMA teacher, which FSDP would shard out of step with the student; "
+                    "use --trainer.strategy ddp (a ViT-B or ViT-L with its teacher and AdamW state fits one GPU)"
+                )
         self.front_end = FrontEnd(resolve_front_end(self._front_end_spec, stats))
         if self.hparams.init_from and stage == "fit" and not getattr(self, "_initialised", False):
             self.load_init(self.hparams.init_from)
@@ -162,15 +172,20 @@ class PretrainModule(L.LightningModule):
         self.log("loss", out["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=B)
         return out["loss"]
 
-    def teacher_update(self) -> None:
+    def teacher_update(self, step: int) -> None:
+        """One EMA step of the teacher (if any) towards the student; ``step`` is the update count (1-based)."""
         teacher = getattr(self, "teacher", None)
         if isinstance(teacher, EMATeacher):
-            d = teacher.update(self.encoder, self.global_step)
+            d = teacher.update(self.encoder, step)
             self.log("train/ema_decay", d, on_step=True, on_epoch=False, batch_size=1)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # Lightning has already stepped the optimizer and incremented global_step (update count, 1-based).
-        self.teacher_update()
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # The teacher follows the student once per optimizer step, right after it. Not in ``on_train_batch_end``:
+        # Lightning calls that after every micro-batch (twice per step with ``accumulate_grad_batches 2``), and only
+        # after the callbacks' ``on_train_batch_end``, where step checkpoints are saved — they would miss this update.
+        super().optimizer_step(*args, **kwargs)
+        # Lightning counts the step (global_step += 1) only after this hook returns: this is update global_step + 1.
+        self.teacher_update(self.global_step + 1)
 
     # --- optimisation --------------------------------------------------------------------------------------------
     def trainable_named_parameters(self) -> list[tuple[str, torch.Tensor]]:
