@@ -2,7 +2,7 @@
 
     audiossl bench fbank      batched kaldi_fbank vs a per-clip torchaudio loop (64 clips of 10 s)
     audiossl bench encoder    encoder forward+backward vs timm's VisionTransformer of the same size (512 tokens)
-    audiossl bench step       training-step throughput (clips/s) per objective, tiny and/or base size
+    audiossl bench step       training-step throughput (clips/s) per objective and for fine-tuning, tiny and/or base
     audiossl bench all        all of the above
 
 Add ``--json FILE`` to write the figures. Nothing here asserts: speed lives in benchmarks, not tests.
@@ -194,6 +194,34 @@ def bench_step(names=("mae", "eat", "jepa", "sslam"), size: str = "tiny", batch:
     return rows
 
 
+def bench_finetune_step(size: str = "tiny", batch: int | None = None, repeats: int = 3, device: str = "cpu",
+                        precision: str = "32") -> dict:
+    """A full-token classifier step (fbank already computed): encoder + head forward, BCE, backward, AdamW."""
+    from audiossl.models.classifier import AudioClassifier
+
+    torch.manual_seed(0)
+    if size == "tiny":
+        enc, T, b = dict(TINY_ENCODER, block_style="post"), 192, batch or 32
+    else:
+        enc, T, b = {"name": "vit_base", "block_style": "post"}, 1024, batch or 4
+    m = AudioClassifier(encoder=enc, head={"num_classes": 527}, front_end={"target_length": T}).to(device)
+    x = torch.randn(b, T, 128, device=device)
+    y = (torch.rand(b, 527, device=device) < 0.02).float()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def step():
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t = timeit(step, repeats=repeats, warmup=1, device=device)
+    return {"model": f"classifier ({size})", "tokens": 1 + m.encoder.num_patches(T), "batch": b, "device": device,
+            "precision": precision, "step_s": t, "clips_per_s": b / t}
+
+
 def _print(title: str, payload) -> None:
     print(f"\n== {title}")
     rows = payload if isinstance(payload, list) else [payload]
@@ -229,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench_step(tuple(args.objectives.split(",")), s, args.batch, repeats=args.repeats,
                               device=args.device, precision=args.precision)
             results["step"] += rows
-            _print(f"training step throughput ({s})", rows)
+            _print(f"pretraining step throughput ({s})", rows)
+            ft = bench_finetune_step(s, args.batch, args.repeats, args.device, args.precision)
+            results.setdefault("finetune_step", []).append(ft)
+            _print(f"fine-tuning step throughput ({s})", ft)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
