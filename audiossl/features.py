@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from audiossl.config_dict import DictConfig
 
 # torchaudio's kaldi uses the float32 machine epsilon as the log floor, whatever the input dtype.
 _LOG_FLOOR = float(torch.finfo(torch.float32).eps)
@@ -146,8 +148,10 @@ def kaldi_fbank(
 
 
 @dataclass
-class FrontEndConfig:
+class FrontEndConfig(DictConfig):
     """Everything needed to reproduce a model's input from a waveform; stored in every checkpoint and export."""
+
+    kind = "front-end"
 
     sample_rate: int = 16000
     num_mel_bins: int = 128
@@ -157,16 +161,6 @@ class FrontEndConfig:
     mean: float = AUDIOSET_MEAN  # normalisation: (x - mean) / (2 * std)
     std: float = AUDIOSET_STD
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FrontEndConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown front-end settings {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
 
 
 class FrontEnd(nn.Module):

@@ -25,7 +25,7 @@ from audiossl.features import FrontEnd
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
-from audiossl.objectives.base import CHECKPOINT_FORMAT, param_groups, resolve_front_end, warmup_cosine
+from audiossl.objectives.base import CHECKPOINT_FORMAT, adamw_warmup_cosine, resolve_front_end
 
 
 def layer_decay_scales(encoder: AudioEncoder, decay: float, prefix: str = "model.encoder.") -> dict[str, float]:
@@ -242,16 +242,7 @@ class FinetuneModule(L.LightningModule):
         hp = self.hparams
         named = [(f"model.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         scales = layer_decay_scales(self.model.encoder, hp.layer_decay) if hp.layer_decay < 1.0 else {}
-        groups = param_groups(named, hp.weight_decay, scales)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        if total is None:
-            total = int(self.trainer.estimated_stepping_batches)
-        min_ratio = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, [(lambda s, sc=g["lr_scale"]: sc * warmup_cosine(s, hp.warmup_steps, total, min_ratio)) for g in groups]
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return adamw_warmup_cosine(self, named, scales)
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -134,6 +134,18 @@ def _random_block(T: int, Fp: int, scale: float, aspect: float) -> tuple[int, in
     return max(1, min(h, T)), max(1, min(w, Fp))
 
 
+def _placed_blocks(batch: int, grid: tuple[int, int], h: int, w: int, generator, device) -> torch.Tensor:
+    """One ``h x w`` (time x freq) block per sample at a uniform position: boolean ``[B, T, F]``."""
+    T, Fp = grid
+    t0 = _randint(T - h + 1, (batch,), generator, device)  # [B]
+    f0 = _randint(Fp - w + 1, (batch,), generator, device)
+    tt = torch.arange(T, device=t0.device)
+    ff = torch.arange(Fp, device=t0.device)
+    in_t = (tt[None, :] >= t0[:, None]) & (tt[None, :] < (t0 + h)[:, None])  # [B, T]
+    in_f = (ff[None, :] >= f0[:, None]) & (ff[None, :] < (f0 + w)[:, None])  # [B, F]
+    return in_t[:, :, None] & in_f[:, None, :]
+
+
 def jepa_masks(
     batch: int,
     grid: tuple[int, int],
@@ -174,27 +186,14 @@ def jepa_masks(
             scale = cfg.target_scale[0] + float(u()) * (cfg.target_scale[1] - cfg.target_scale[0])
             aspect = math.exp(math.log(cfg.target_aspect[0]) + float(u()) * math.log(cfg.target_aspect[1] / cfg.target_aspect[0]))
             h, w = _random_block(T, Fp, scale, aspect)
-        t0 = _randint(T - h + 1, (batch,), g, device)
-        f0 = _randint(Fp - w + 1, (batch,), g, device)
-        tt = torch.arange(T, device=t0.device)
-        ff = torch.arange(Fp, device=t0.device)
-        blk = ((tt[None, :] >= t0[:, None]) & (tt[None, :] < (t0 + h)[:, None]))[:, :, None] & (
-            (ff[None, :] >= f0[:, None]) & (ff[None, :] < (f0 + w)[:, None])
-        )[:, None, :]  # [B, T, Fp]
+        blk = _placed_blocks(batch, (T, Fp), h, w, g, device)  # [B, T, Fp]
         covered |= blk
         targets.append(_sorted_split(blk.reshape(batch, N))[0])
 
     # context: a large block, minus all targets, equalised to the smallest count in the batch
     scale = cfg.context_scale[0] + float(u()) * (cfg.context_scale[1] - cfg.context_scale[0])
     h, w = _random_block(T, Fp, scale, 1.0 * T / Fp)
-    t0 = _randint(T - h + 1, (batch,), g, device)
-    f0 = _randint(Fp - w + 1, (batch,), g, device)
-    tt = torch.arange(T, device=t0.device)
-    ff = torch.arange(Fp, device=t0.device)
-    ctx = ((tt[None, :] >= t0[:, None]) & (tt[None, :] < (t0 + h)[:, None]))[:, :, None] & (
-        (ff[None, :] >= f0[:, None]) & (ff[None, :] < (f0 + w)[:, None])
-    )[:, None, :]
-    ctx = (ctx & ~covered).reshape(batch, N)
+    ctx = (_placed_blocks(batch, (T, Fp), h, w, g, device) & ~covered).reshape(batch, N)
     counts = ctx.sum(dim=1)
     K = int(counts.min())
     if K < cfg.min_context:  # the targets swallowed the context block: use every patch no target covers

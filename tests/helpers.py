@@ -22,6 +22,18 @@ def synth_root(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def pretrained(synth_root, tmp_path_factory) -> str:
+    """An eat_tiny pretraining checkpoint after 2 steps on ``synth_root``."""
+    from audiossl.train_cli import pretrain
+
+    root = str(tmp_path_factory.mktemp("pretrained"))
+    assert pretrain(["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,
+                     "--trainer.max_steps", "2", "--trainer.default_root_dir", root, "--data.num_workers", "0",
+                     "--trainer.enable_progress_bar", "false"]) == 0
+    return os.path.join(root, "checkpoints", "last.ckpt")
+
+
 def tb_scalars(run_dir: str, tag: str) -> dict[int, float]:
     """``{step: value}`` of one scalar tag from a run directory's TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import config, synth_root  # noqa: F401  (fixture)
+from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from audiossl.augment import beta, mixup, roll_and_gain, spec_augment
@@ -148,17 +148,6 @@ def _finetune(root: str, data: str, *extra: str, steps: int = 4) -> None:
                      "--trainer.max_steps", str(steps), "--trainer.default_root_dir", root,
                      "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
                      "--trainer.val_check_interval", str(steps), "--data.batch_size", "16", *extra]) == 0
-
-
-@pytest.fixture(scope="module")
-def pretrained(synth_root, tmp_path_factory) -> str:
-    from audiossl.train_cli import pretrain
-
-    root = str(tmp_path_factory.mktemp("pre"))
-    assert pretrain(["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,
-                     "--trainer.max_steps", "2", "--trainer.default_root_dir", root, "--data.num_workers", "0",
-                     "--trainer.enable_progress_bar", "false"]) == 0
-    return os.path.join(root, "checkpoints", "last.ckpt")
 
 
 def test_linear_probe_leaves_encoder_bit_identical(pretrained, synth_root, tmp_path):

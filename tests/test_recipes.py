@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import ROOT, config, synth_root  # noqa: F401  (fixture)
+from helpers import ROOT, config, pretrained, synth_root  # noqa: F401  (fixtures)
 
 from audiossl.data.labels import esc50_labels
 
@@ -28,17 +28,6 @@ def _tone(path, seconds, rate, freq):
     t = np.arange(int(seconds * rate)) / rate
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, (0.3 * np.sin(2 * math.pi * freq * t)).astype(np.float32), rate)
-
-
-@pytest.fixture(scope="module")
-def pretrained(synth_root, tmp_path_factory) -> str:
-    from audiossl.train_cli import pretrain
-
-    root = str(tmp_path_factory.mktemp("pre"))
-    assert pretrain(["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,
-                     "--trainer.max_steps", "1", "--trainer.default_root_dir", root, "--data.num_workers", "0",
-                     "--trainer.enable_progress_bar", "false"]) == 0
-    return os.path.join(root, "checkpoints", "last.ckpt")
 
 
 def test_esc50_cross_validation_recipe(pretrained, tmp_path):

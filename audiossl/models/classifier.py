@@ -7,11 +7,12 @@ the whole description of the model (front end, encoder, head, label names) lives
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from audiossl.config_dict import DictConfig
 from audiossl.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 
@@ -19,22 +20,14 @@ POOLINGS = ("cls", "mean", "prefix")
 
 
 @dataclass
-class HeadConfig:
+class HeadConfig(DictConfig):
+    kind = "head"
+
     num_classes: int
     pool: str = "cls"  # "cls": first token; "mean": mean of patch tokens; "prefix": mean of prefix tokens (AST)
     norm: bool = True  # LayerNorm before the linear layer (EAT's fc_norm)
     norm_eps: float = 1e-6
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown head settings {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
 
 
 def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:

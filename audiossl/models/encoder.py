@@ -13,13 +13,14 @@ masked tokens this way. ``return_layers=True`` also returns every block's output
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from audiossl.config_dict import DictConfig
 from audiossl.models.blocks import BLOCK_STYLES, Block
 from audiossl.models.pos_embed import sincos_2d, sincos_2d_traceable
 
@@ -30,7 +31,9 @@ def _tracing() -> bool:
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(DictConfig):
+    kind = "encoder"
+
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -50,16 +53,6 @@ class EncoderConfig:
     name: str = ""  # registry name this config came from (informational)
     final_norm: bool = True  # pre style: LayerNorm after the last block (False: none, AudioMAE global-pool models)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown encoder settings {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
 
     def validate(self) -> None:
         if self.block_style not in BLOCK_STYLES:

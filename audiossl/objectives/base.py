@@ -60,6 +60,29 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def total_steps(trainer) -> int:
+    """The schedule length: ``trainer.max_steps`` when set, else Lightning's estimate from the epochs."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    return int(trainer.estimated_stepping_batches)
+
+
+def adamw_warmup_cosine(module: L.LightningModule, named: list[tuple[str, torch.Tensor]],
+                        lr_scale: dict[str, float] | None = None) -> dict:
+    """Lightning's optimiser config from ``module.hparams`` (``lr``, ``min_lr``, ``warmup_steps``, ``weight_decay``,
+    ``betas``): AdamW over ``param_groups`` and a per-step linear warm-up + cosine schedule, each group's multiplier
+    scaled by its ``lr_scale``."""
+    hp = module.hparams
+    groups = param_groups(named, hp.weight_decay, lr_scale)
+    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+    total = total_steps(module.trainer)
+    min_ratio = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [(lambda s, sc=g["lr_scale"]: sc * warmup_cosine(s, hp.warmup_steps, total, min_ratio)) for g in groups]
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
 def resolve_front_end(front_end: dict | None, data_stats: dict | None) -> FrontEndConfig:
     """Front-end config with ``mean``/``std`` left as None filled from the dataset stats, else AudioSet's."""
     fe = dict(front_end or {})
@@ -193,21 +216,7 @@ class PretrainModule(L.LightningModule):
         return [(n, p) for n, p in self.named_parameters() if not n.startswith("teacher.") and p.requires_grad]
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = param_groups(self.trainable_named_parameters(), hp.weight_decay)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = int(self.trainer.max_steps) if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        if total is None:
-            total = int(self.trainer.estimated_stepping_batches)
-        min_ratio = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            [
-                (lambda s, sc=g["lr_scale"]: sc * warmup_cosine(s, hp.warmup_steps, total, min_ratio))
-                for g in groups
-            ],
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return adamw_warmup_cosine(self, self.trainable_named_parameters())
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
