@@ -109,3 +109,16 @@ def test_resume_continues_the_same_run(synth_root, tmp_path):
     assert ck_a["global_step"] == ck_b["global_step"] == 6
     for k in ("encoder.blocks.3.mlp.fc2.weight", "teacher.model.blocks.3.mlp.fc2.weight"):
         assert torch.allclose(ck_a["state_dict"][k], ck_b["state_dict"][k], atol=1e-6), k
+
+
+def test_config_typos_are_errors_that_list_valid_keys(synth_root, capsys):
+    base = ["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root]
+    with pytest.raises(SystemExit) as e:
+        pretrain(base + ["--model.init_args.clone_bach", "3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "'clone_bach'" in err and "did you mean 'clone_batch'" in err and "mask_ratio" in err
+    with pytest.raises(SystemExit):
+        pretrain(base + ["--data.batch_sise", "3"])
+    err = capsys.readouterr().err
+    assert "did you mean 'batch_size'" in err and "valid data keys" in err and "num_workers" in err
