@@ -39,11 +39,18 @@ def beta(a: float, b: float, shape, generator: torch.Generator | None = None, de
     return grid[i].to(device=device, dtype=torch.float32)
 
 
-def roll_and_gain(wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[B, N]`` -> ``[B, N]``: per-clip random circular shift and Beta(10, 10) + 0.5 gain."""
+def roll_and_gain(wave: torch.Tensor, generator: torch.Generator | None = None,
+                  num_samples: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, N]`` -> ``[B, N]``: per-clip random circular shift and Beta(10, 10) + 0.5 gain.
+
+    With ``num_samples [B]`` only each row's real samples are rolled (the zero padding after them stays put), as
+    the reference rolls the clip before padding it.
+    """
     B, N = wave.shape
-    shift = (_rand((B,), generator, wave.device) * N).long()  # [B]
-    idx = (torch.arange(N, device=wave.device)[None, :] - shift[:, None]) % N
+    n = torch.full((B,), N, device=wave.device) if num_samples is None else num_samples.to(wave.device).clamp(1, N)
+    shift = (_rand((B,), generator, wave.device) * n).long()  # [B] in [0, n)
+    j = torch.arange(N, device=wave.device)[None, :]  # [1, N]
+    idx = torch.where(j < n[:, None], (j - shift[:, None]) % n[:, None], j)  # [B, N]
     gain = beta(10, 10, (B,), generator, wave.device) + 0.5
     return torch.gather(wave, 1, idx) * gain[:, None].to(wave.dtype)
 

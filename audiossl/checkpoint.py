@@ -182,7 +182,7 @@ def encoder_from_checkpoint(ckpt_or_path, prefix: str | None = None) -> tuple[Au
     """The encoder (eval mode, CPU) and front-end config of any audiossl checkpoint.
 
     ``prefix`` defaults to ``encoder.`` for pretraining checkpoints and ``model.encoder.`` for classifiers; pass
-    another (e.g. ``teacher.``) to pick a different copy of the encoder from the state dict. An exported or converted
+    another (e.g. ``teacher.model.``, a pretraining checkpoint's EMA teacher) to pick a different copy of the encoder from the state dict. An exported or converted
     model directory (``audiossl export`` / ``audiossl convert``) works too: its encoder and front end are returned.
     """
     if not isinstance(ckpt_or_path, dict) and Path(ckpt_or_path).is_dir():

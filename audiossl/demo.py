@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-clips", type=int, default=400)
     p.add_argument("--pretrain-steps", type=int, default=600)
     p.add_argument("--finetune-steps", type=int, default=300)
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="data workers")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes that build the corpus (training uses one data worker beside the main process)")
     args = p.parse_args(argv)
 
     out = Path(args.out)

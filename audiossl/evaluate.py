@@ -40,7 +40,7 @@ def predict_split(model, loader, device: torch.device, progress: bool = True) ->
     model = model.to(device).eval()
     keys, scores, targets = [], [], []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        x = model.front_end(batch["audio"].to(device).float())
+        x = model.front_end(batch["audio"].to(device).float(), num_samples=batch.get("num_samples"))
         logits = model(x).float()
         s = torch.sigmoid(logits) if model.multi_label else torch.softmax(logits, dim=-1)
         scores.append(s.cpu())
@@ -75,6 +75,9 @@ def evaluate(model, datamodule, out: str | os.PathLike, device: str = "auto", pr
             f"{datamodule.num_classes} (first differences: "
             f"{[(a, b) for a, b in zip(model.label_names, datamodule.label_names) if a != b][:3]})"
         )
+    from audiossl.objectives.base import check_sample_rate
+
+    check_sample_rate(datamodule.sample_rate, model.front_end.config, f"the dataset {datamodule.root}")
     if not datamodule.has_eval:
         raise SystemExit(f"audiossl evaluate: {datamodule.root} has no evaluation split; set --data.eval_split or --data.eval_fold")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))

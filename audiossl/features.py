@@ -203,9 +203,28 @@ class FrontEnd(nn.Module):
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.config.mean) / (2.0 * self.config.std)
 
-    def forward(self, waveforms: torch.Tensor, random_crop: bool = False) -> torch.Tensor:
+    def zero_padding_frames(self, feats: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
+        """Frames beyond each row's real audio set to 0 in the log-mel domain.
+
+        A batch pads short clips with zero *samples*; the reference recipes pad the *log-mel* with zeros instead
+        (digital silence would give the log floor, -15.9). Frames made entirely of real samples are unchanged.
+        feats ``[B, T, F]``, num_samples ``[B]``.
+        """
+        c = self.config
+        win = int(c.sample_rate * c.frame_length * 0.001)
+        hop = int(c.sample_rate * c.frame_shift * 0.001)
+        n = num_samples.to(feats.device)
+        valid = torch.where(n >= win, torch.div(n - win, hop, rounding_mode="floor") + 1, torch.zeros_like(n))  # [B]
+        keep = torch.arange(feats.shape[1], device=feats.device)[None, :] < valid[:, None]  # [B, T]
+        return feats * keep[..., None].to(feats.dtype)
+
+    def forward(self, waveforms: torch.Tensor, random_crop: bool = False,
+                num_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """``num_samples [B]``: the real length of each row when the batch was zero-padded (as data batches are)."""
         squeeze = waveforms.dim() == 1
         feats = self.fbank(waveforms[None] if squeeze else waveforms)
+        if num_samples is not None:
+            feats = self.zero_padding_frames(feats, num_samples.reshape(-1))
         out = self.normalize(self.pad_or_crop(feats, random_crop=random_crop))
         return out[0] if squeeze else out
 

@@ -25,7 +25,7 @@ from audiossl.features import FrontEnd
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
-from audiossl.objectives.base import CHECKPOINT_FORMAT, adamw_warmup_cosine, resolve_front_end
+from audiossl.objectives.base import CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, resolve_front_end
 
 
 def layer_decay_scales(encoder: AudioEncoder, decay: float, prefix: str = "model.encoder.") -> dict[str, float]:
@@ -124,7 +124,8 @@ class FinetuneModule(L.LightningModule):
         cfg["drop_path"] = hp.drop_path
         return EncoderConfig.from_dict(cfg), (init_fe.to_dict() if init_fe is not None else None), init_encoder
 
-    def build(self, num_classes: int, label_names: list[str], multi_label: bool, data_stats: dict | None) -> None:
+    def build(self, num_classes: int, label_names: list[str], multi_label: bool, data_stats: dict | None,
+              data_sample_rate: int | None = None) -> None:
         hp = self.hparams
         enc_cfg, init_fe, init_encoder = self._encoder_config()
         fe = dict(hp.front_end or {})
@@ -136,6 +137,7 @@ class FinetuneModule(L.LightningModule):
             label_names=label_names,
             multi_label=multi_label,
         )
+        check_sample_rate(data_sample_rate, self.model.front_end.config)
         if init_encoder is not None:
             self.model.encoder.load_state_dict(init_encoder.state_dict())
         if hp.freeze_encoder:
@@ -147,7 +149,7 @@ class FinetuneModule(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             raise RuntimeError("FinetuneModule needs an AudioDataModule (it reads the label space from it)")
-        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats)
+        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate)
 
     @property
     def front_end(self) -> FrontEnd:
@@ -161,9 +163,9 @@ class FinetuneModule(L.LightningModule):
         g.manual_seed((int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62))
         return g
 
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float())
+            return self.front_end(audio.float(), num_samples=num_samples)
 
     def soft_targets(self, target: torch.Tensor) -> torch.Tensor:
         """Multi-hot stays; class indices -> one-hot with label smoothing (for mixup's soft cross-entropy)."""
@@ -186,8 +188,8 @@ class FinetuneModule(L.LightningModule):
         g = self.step_generator(batch_idx)
         audio = batch["audio"]
         if hp.roll:
-            audio = roll_and_gain(audio, g)
-        x = self.features(audio)  # [B, T, F]
+            audio = roll_and_gain(audio, g, batch.get("num_samples"))
+        x = self.features(audio, batch.get("num_samples"))  # [B, T, F]
         target = batch["target"]
         mixed = False
         if hp.mixup > 0:
@@ -208,7 +210,7 @@ class FinetuneModule(L.LightningModule):
         self._scores, self._targets, self._keys = [], [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.model(self.features(batch["audio"]))
+        logits = self.model(self.features(batch["audio"], batch.get("num_samples")))
         scores = torch.sigmoid(logits.float()) if self.model.multi_label else torch.softmax(logits.float(), -1)
         self._scores.append(scores)
         self._targets.append(batch["target"].float() if self.model.multi_label else batch["target"].long())

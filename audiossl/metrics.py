@@ -2,8 +2,10 @@
 
 * ``average_precision``: per class, scikit-learn's ``average_precision_score`` (step-wise
   ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds), via torchmetrics.
-* ``mAP``: mean of the per-class APs over the classes that have at least one positive (AST/EAT take ``np.nanmean``
-  of the same values; a class without positives has no defined AP).
+* ``mAP``: mean of the per-class APs over the classes that have at least one positive. A class without positives
+  has no defined AP and is left out; AST/EAT take ``np.nanmean`` of scikit-learn's values, and recent scikit-learn
+  returns 0.0 (not NaN) for such a class, so on an evaluation set missing some classes their mAP counts them as 0
+  and comes out lower. On AudioSet's eval set every class has positives and the two agree.
 * ``mAUC`` and ``d_prime = sqrt(2) * Phi^-1(AUC)`` (AST's definition), averaged over classes with both labels.
 * ``accuracy``: top-1; for multi-label targets, whether the top-scoring class is one of the positives.
 """

@@ -8,7 +8,8 @@ optional; with one, columns may come in any order.
 Label space: the sorted union of the labels, or ``--labels FILE`` (a ``index,mid,display_name`` CSV or one name per
 line), in which case a label outside it is an error listing every unknown label, or, with ``--drop-unknown``, the
 rows holding one are left out and listed in ``rejected.tsv``. The dataset is multi-label if any row has more than one
-label (``--multi-label``/``--single-label`` override).
+label or none — unlabelled rows get an all-zero target, so a CSV of unlabelled audio makes a pretraining set
+(``--multi-label``/``--single-label`` override; single-label rejects rows without exactly one label).
 
 Example::
 
@@ -114,8 +115,8 @@ def convert(
             )
     else:
         space = LabelSpace.from_names(sorted({label for r in rows for label in r.labels}))
-    if multi_label is None:
-        multi_label = any(len(r.labels) > 1 for r in rows)
+    if multi_label is None:  # an unlabelled row is an all-zero multi-hot target (e.g. audio for pretraining)
+        multi_label = any(len(r.labels) != 1 for r in rows)
     clips = []
     for r in rows:
         idx, unknown_labels = space.split_known(r.labels)

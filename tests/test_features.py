@@ -120,3 +120,17 @@ def test_front_end_defaults_and_config_round_trip():
     assert fe(torch.zeros(16000 * 10)).shape == (1024, 128)
     with pytest.raises(ValueError, match="unknown front-end settings"):
         FrontEndConfig.from_dict({"sample_rat": 16000})
+
+
+def test_zero_padded_batches_are_padded_in_the_log_mel_domain():
+    """A short clip zero-padded inside a batch gives the same features as the clip alone through the front end."""
+    fe = FrontEnd(target_length=200)
+    short, full = torch.randn(7000) * 0.1, torch.randn(16000) * 0.1
+    batch = torch.stack([torch.nn.functional.pad(short, (0, 16000 - 7000)), full])
+    out = fe(batch, num_samples=torch.tensor([7000, 16000]))
+    assert torch.allclose(out[0], fe(short), atol=1e-6)  # alone: padded with log-mel zeros, then normalised
+    assert torch.allclose(out[1], fe(full), atol=1e-6)
+    padded_value = (0.0 - fe.config.mean) / (2 * fe.config.std)
+    assert torch.allclose(out[0, 60:], torch.full_like(out[0, 60:], padded_value))  # 7000 samples = 42 frames
+    silence = fe(batch)[0, 60:98]  # without the lengths the padded samples are digital silence: the log floor
+    assert silence.max() < -1.0

@@ -108,6 +108,23 @@ def test_spec_augment_masks_one_band_and_one_span_per_clip():
         assert torch.equal(out[i][keep], x[i][keep])  # everything else untouched
 
 
+def test_roll_keeps_the_padding_at_the_end():
+    g = torch.Generator().manual_seed(0)
+    w = torch.zeros(3, 100)
+    w[:, :60] = torch.randn(3, 60)
+    out = roll_and_gain(w, g, num_samples=torch.tensor([60, 60, 60]))
+    assert torch.equal(out[:, 60:], torch.zeros(3, 40))
+    for i in range(3):  # the real part is a rotation of itself, times a gain
+        ratios = [(out[i, :60] / torch.roll(w[i, :60], s)).std().item() for s in range(60)]
+        assert min(ratios) < 1e-5
+
+
+def test_sample_rate_mismatch_is_a_clear_error():
+    m = _module()
+    with pytest.raises(ValueError, match="32000 Hz but the model's front end expects 16000 Hz"):
+        m.build(4, list("abcd"), True, None, data_sample_rate=32000)
+
+
 def test_roll_and_gain_is_a_circular_shift_times_a_gain():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4, 1000)

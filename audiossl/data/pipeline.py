@@ -4,6 +4,7 @@ Both streams are ``IterableDataset`` s that run inside DataLoader workers and yi
 ``batch_size=None``)::
 
     {"audio": float32 [B, N] waveforms at the dataset rate, N = clip_samples,
+     "num_samples": int64 [B], how many samples of each row are audio (the rest is zero padding),
      "target": float32 multi-hot [B, C] (multi-label) or int64 class indices [B],
      "key": list[str] of the B sample keys}
 
@@ -231,27 +232,29 @@ class _Samples:
         return key, members["flac"], idx
 
     def decode(self, shard: str, key: str, flac: bytes, offset_fn: Callable[[int], int] | None):
-        """FLAC -> float32 ``[clip_samples]`` numpy array (the window at ``offset_fn(choices)``, else the start;
-        zero-padded at the end), or ``None`` (counted) when it does not decode."""
+        """FLAC -> (float32 ``[clip_samples]`` numpy array, number of real samples in it): the window at
+        ``offset_fn(choices)`` (else the start), or the whole clip zero-padded at the end; ``None`` (counted) when it
+        does not decode. The real length travels with the batch so the front end pads in the log-mel domain."""
         try:
             wave = audio.load(flac, self.sample_rate).numpy()
         except audio.AudioDecodeError as e:
             return self.reject(key, shard, f"undecodable audio: {e.reason}")
         n = self.clip_samples
         if n is None or wave.shape[0] == n:
-            return wave
+            return wave, wave.shape[0]
         if wave.shape[0] > n:
             start = offset_fn(wave.shape[0] - n + 1) if offset_fn is not None else 0
-            return wave[start : start + n]
-        return np.pad(wave, (0, n - wave.shape[0]))
+            return wave[start : start + n], n
+        return np.pad(wave, (0, n - wave.shape[0])), wave.shape[0]
 
-    def collate(self, items: list[tuple[str, np.ndarray, list[int]]]) -> dict:
+    def collate(self, items: list[tuple[str, tuple[np.ndarray, int], list[int]]]) -> dict:
         # numpy, not torch.stack: torch's intra-op threads make a plain copy crawl when the CPU is oversubscribed
         keys = [k for k, _, _ in items]
-        wave = torch.empty((len(items), len(items[0][1])), dtype=torch.float32)  # [B, N]
+        wave = torch.empty((len(items), len(items[0][1][0])), dtype=torch.float32)  # [B, N]
         if get_worker_info() is not None:
             wave.share_memory_()  # filled in place, so passing it to the main process copies nothing
-        np.stack([w for _, w, _ in items], out=wave.numpy())
+        np.stack([w for _, (w, _), _ in items], out=wave.numpy())
+        num_samples = torch.tensor([n for _, (_, n), _ in items], dtype=torch.int64)  # [B]
         if self.multi_label:
             target = np.zeros((len(items), self.num_classes), dtype=np.float32)  # [B, C]
             for row, (_, _, idx) in enumerate(items):
@@ -259,7 +262,7 @@ class _Samples:
             target = torch.from_numpy(target)
         else:
             target = torch.tensor([idx[0] for _, _, idx in items], dtype=torch.int64)  # [B]
-        return {"audio": wave, "target": target, "key": keys}
+        return {"audio": wave, "num_samples": num_samples, "target": target, "key": keys}
 
 
 def _worker() -> tuple[int, int]:
@@ -411,14 +414,14 @@ class TrainStream(IterableDataset):
         produced = failures = 0
         for pass_no, shard, (key, flac, idx) in stream:
             offset = lambda span, k=key, p=pass_no: _hash_int(self.seed, epoch, p, k) % span  # noqa: E731
-            wave = samples.decode(shard, key, flac, offset)
-            if wave is None:
+            decoded = samples.decode(shard, key, flac, offset)  # (wave, real samples)
+            if decoded is None:
                 failures += 1
                 if failures > max(1000, 2 * need):
                     raise RuntimeError(f"{where}: {failures} samples in a row failed to decode; see the warnings")
                 continue
             failures = 0
-            batch.append((key, wave, idx))
+            batch.append((key, decoded, idx))
             if len(batch) == self.batch_size:
                 yield samples.collate(batch)
                 batch = []
@@ -467,10 +470,10 @@ class EvalStream(IterableDataset):
         mine = deal(self.shards, self.rank * W + w, self.world_size * W)
         batch: list = []
         for shard, (key, flac, idx) in _read_all([(s, s.positions) for s in mine], samples):
-            wave = samples.decode(shard, key, flac, None)
-            if wave is None:
+            decoded = samples.decode(shard, key, flac, None)  # (wave, real samples)
+            if decoded is None:
                 continue
-            batch.append((key, wave, idx))
+            batch.append((key, decoded, idx))
             if len(batch) == self.batch_size:
                 yield samples.collate(batch)
                 batch = []

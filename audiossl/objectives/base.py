@@ -17,11 +17,13 @@ has a teacher, ``teacher_update``. The base owns:
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn as nn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEnd, FrontEndConfig
 from audiossl.models import build_encoder
@@ -81,6 +83,16 @@ def adamw_warmup_cosine(module: L.LightningModule, named: list[tuple[str, torch.
         opt, [(lambda s, sc=g["lr_scale"]: sc * warmup_cosine(s, hp.warmup_steps, total, min_ratio)) for g in groups]
     )
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def check_sample_rate(data_rate: int | None, front_end: FrontEndConfig, where: str = "the dataset") -> None:
+    """A clear error when batches arrive at another rate than the front end assumes (the fbank would be wrong)."""
+    if data_rate and int(data_rate) != int(front_end.sample_rate):
+        raise ValueError(
+            f"{where} holds audio at {data_rate} Hz but the model's front end expects {front_end.sample_rate} Hz: "
+            f"prepare the shards at {front_end.sample_rate} Hz (`audiossl prep ...` without --keep-rate/--sample-rate)"
+            f", or give the front end sample_rate: {data_rate}"
+        )
 
 
 def resolve_front_end(front_end: dict | None, data_stats: dict | None) -> FrontEndConfig:
@@ -144,6 +156,9 @@ class PretrainModule(L.LightningModule):
                     "use --trainer.strategy ddp (a ViT-B or ViT-L with its teacher and AdamW state fits one GPU)"
                 )
         self.front_end = FrontEnd(resolve_front_end(self._front_end_spec, stats))
+        if dm is not None:
+            check_sample_rate(getattr(dm, "sample_rate", None), self.front_end.config,
+                              f"the dataset {getattr(dm, 'root', '')}".rstrip())
         if self.hparams.init_from and stage == "fit" and not getattr(self, "_initialised", False):
             self.load_init(self.hparams.init_from)
             self._initialised = True
@@ -154,8 +169,10 @@ class PretrainModule(L.LightningModule):
             self._compiled = True
 
     def load_init(self, path: str) -> None:
-        """Copy the student encoder weights from an audiossl checkpoint (teacher too, where there is one)."""
-        from audiossl.checkpoint import encoder_from_checkpoint
+        """Start from an audiossl checkpoint: the student from its student, and our EMA teacher (if any) from its
+        teacher when it has one (``teacher.model.*``: SSLAM stage 2 continues EAT's teacher, as fairseq's
+        ``continue_once`` restores ``_ema``), else from its student, with a warning."""
+        from audiossl.checkpoint import CheckpointError, encoder_from_checkpoint, read_checkpoint
 
         enc, _ = encoder_from_checkpoint(path)
         ours, theirs = self.encoder.config.to_dict(), enc.config.to_dict()
@@ -164,8 +181,19 @@ class PretrainModule(L.LightningModule):
             raise ValueError(f"init_from {path}: the encoder settings differ (ours, checkpoint's): {diffs}")
         self.encoder.load_state_dict(enc.state_dict())
         teacher = getattr(self, "teacher", None)
-        if isinstance(teacher, EMATeacher):
-            teacher.model.load_state_dict(enc.state_dict())
+        if not isinstance(teacher, EMATeacher):
+            return
+        source = enc
+        if os.path.isfile(path):
+            ckpt = read_checkpoint(path)
+            if any(k.startswith("teacher.model.") for k in ckpt.get("state_dict", {})):
+                try:
+                    source, _ = encoder_from_checkpoint(ckpt, prefix="teacher.model.")
+                except CheckpointError as e:
+                    raise ValueError(f"init_from {path}: its EMA teacher does not load: {e}") from None
+        if source is enc:
+            rank_zero_warn(f"init_from {path} holds no EMA teacher: the teacher starts as a copy of the student")
+        teacher.model.load_state_dict(source.state_dict())
 
     # --- the step ----------------------------------------------------------------------------------------------
     def step_generator(self, batch_idx: int = 0) -> torch.Generator:
@@ -177,16 +205,16 @@ class PretrainModule(L.LightningModule):
         g.manual_seed(seed)
         return g
 
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
         """Waveforms ``[B, N]`` -> normalised fbank ``[B, T, F]`` on the module's device, in fp32."""
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float())
+            return self.front_end(audio.float(), num_samples=num_samples)
 
     def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        fbank = self.features(batch["audio"])
+        fbank = self.features(batch["audio"], batch.get("num_samples"))
         out = self.compute_loss(fbank, self.step_generator(batch_idx))
         B = fbank.shape[0]
         logs = {f"train/{k}": (v.detach() if torch.is_tensor(v) else v) for k, v in out.items() if k != "loss"}

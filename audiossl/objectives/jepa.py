@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from audiossl.masking import JepaMaskConfig, jepa_masks
 from audiossl.models.decoders import TokenDecoder
-from audiossl.objectives.base import PretrainModule
+from audiossl.objectives.base import PretrainModule, total_steps
 from audiossl.objectives.ema import EMATeacher
 from audiossl.objectives.eat import gather_tokens
 from audiossl.objectives.targets import feature_std
@@ -79,10 +79,11 @@ class JEPA(PretrainModule):
         )
 
     def progress(self) -> float:
-        """Fraction of training done (drives the masking curriculum)."""
-        if self._trainer is None or not self.trainer.max_steps or self.trainer.max_steps <= 0:
+        """Fraction of training done (drives the masking curriculum): steps over ``max_steps``, or over Lightning's
+        estimate from the epochs when training is epoch-based."""
+        if self._trainer is None:
             return 0.0
-        return min(1.0, self.global_step / self.trainer.max_steps)
+        return min(1.0, self.global_step / max(1, total_steps(self.trainer)))
 
     def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
         hp = self.hparams

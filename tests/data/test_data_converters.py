@@ -111,6 +111,17 @@ def test_folder_single_label_inferred_and_headerless(tmp_path):
     assert report.manifest.labels.names == ("high", "low")
 
 
+def test_folder_unlabelled_audio_makes_a_pretraining_set(tmp_path):
+    a = tmp_path / "audio"
+    for i in range(3):
+        write_audio(a / f"u{i}.wav", 0.2, freq=300 + 100 * i)
+    (tmp_path / "u.csv").write_text("path,labels\nu0.wav,\nu1.wav,\nu2.wav,bird\n")
+    report = folder.convert(str(tmp_path / "u.csv"), str(a), str(tmp_path / "ds"), options=OPTS)
+    assert report.written == {"train": 3} and report.manifest.multi_label is True
+    meta = read_json(tmp_path / "ds", "train")
+    assert sorted(len(m["label_idx"]) for m in meta.values()) == [0, 0, 1]
+
+
 # --- ESC-50 ----------------------------------------------------------------------------------------------------------
 def _mini_esc50(tmp_path, missing: str = "3-100038-A-14.wav"):
     root = tmp_path / "ESC-50-master"
