@@ -38,6 +38,17 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None 
     return x[rows[:, None], idx]
 
 
+def diagnostics(keep, masked, pred_m, target_m, tokens) -> dict:
+    """Masking rate and collapse diagnostics: per-dimension std of predictions, targets and the student CLS."""
+    return {
+        "masked_pct": masked.shape[1] / (keep.shape[1] + masked.shape[1]),
+        "pred_std": feature_std(pred_m),
+        "target_std": feature_std(target_m),
+        "student_cls_std": feature_std(tokens[:, 0]),
+        "target_var": target_m.detach().float().var(),
+    }
+
+
 class EAT(PretrainModule):
     objective = "eat"
 
@@ -130,9 +141,5 @@ class EAT(PretrainModule):
             "loss": frame_loss + cls_loss,
             "frame_loss": frame_loss.detach(),
             "cls_loss": cls_loss.detach(),
-            "masked_pct": masked.shape[1] / (keep.shape[1] + masked.shape[1]),
-            "pred_std": feature_std(pred_m),
-            "target_std": feature_std(target_m),
-            "student_cls_std": feature_std(tokens[:, 0]),
-            "target_var": target_m.detach().float().var(),
+            **diagnostics(keep, masked, pred_m, target_m, tokens),
         }

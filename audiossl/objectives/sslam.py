@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from audiossl.objectives.eat import EAT, gather_tokens
-from audiossl.objectives.targets import d2v_regression, feature_std, layer_targets
+from audiossl.objectives.eat import EAT, diagnostics, gather_tokens
+from audiossl.objectives.targets import d2v_regression, layer_targets
 
 
 def mix_regions(num_frames: int, patch: int, unmixed_frames: int, generator: torch.Generator | None = None) -> tuple[int, int]:
@@ -124,9 +124,5 @@ class SSLAM(EAT):
             "frame_loss": eat_frame.detach(),
             "mix_loss": mix_frame.detach(),
             "cls_loss": cls_loss.detach(),
-            "masked_pct": masked.shape[1] / (keep.shape[1] + masked.shape[1]),
-            "pred_std": feature_std(pred_m),
-            "target_std": feature_std(target_m),
-            "student_cls_std": feature_std(tokens[:, 0]),
-            "target_var": target_m.detach().float().var(),
+            **diagnostics(keep, masked, pred_m, target_m, tokens),
         }
