@@ -9,8 +9,10 @@ all-reduce of a boolean) on whether anyone was signalled; if so, at that same st
 
 1. save ``ROOT/hpc_ckpt_N.ckpt`` (N one more than the highest present) through the Trainer, atomically,
 2. stop training cleanly (``last.ckpt`` is refreshed at that same step, loggers flushed),
-3. when ``fit`` has wound down, ask SLURM to requeue the job (``scontrol requeue``, rank 0, only inside a SLURM
-   job); SLURM then ends this run and puts the job back in the queue.
+3. when ``fit`` has wound down, have the job requeued (rank 0, only inside a SLURM job). Under audiossl's sbatch
+   templates (which export ``AUDIOSSL_REQUEUE_MARKER=1``) it writes ``ROOT/REQUEUE`` and the batch script runs
+   ``scontrol requeue`` once ``srun`` has returned, so no running step is killed by the requeue; otherwise it runs
+   ``scontrol requeue`` itself, as Lightning does. SLURM then puts the job back in the queue.
 
 The requeued job keeps its job id, so a run directory keyed on ``$SLURM_JOB_ID`` is the same, and
 ``--ckpt_path last`` (see :func:`audiossl.train_cli.latest_checkpoint`) resumes from the newest checkpoint there.
@@ -41,6 +43,21 @@ def hpc_checkpoint_path(root: str) -> str:
                 if stem.isdigit():
                     numbers.append(int(stem))
     return os.path.join(root, f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt")
+
+
+MARKER_ENV = "AUDIOSSL_REQUEUE_MARKER"
+MARKER_FILE = "REQUEUE"
+
+
+def write_requeue_marker(root: str, job: str, checkpoint: str) -> str:
+    """``root/REQUEUE``: asks the batch script to requeue ``job`` after ``srun`` returns (atomically written)."""
+    path = os.path.join(root, MARKER_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{job}\n{checkpoint}\n")
+    os.replace(tmp, path)
+    print(f"audiossl: asked the batch script to requeue SLURM job {job} (resume from {checkpoint})", flush=True)
+    return path
 
 
 def slurm_job_id() -> str | None:
@@ -91,7 +108,10 @@ class RequeueOnSignal(L.Callback):
             self._installed = False
         job = slurm_job_id()
         if self.saved_path and self.requeue and job and trainer.is_global_zero:
-            self._scontrol_requeue(job)
+            if os.environ.get(MARKER_ENV) == "1":
+                write_requeue_marker(trainer.default_root_dir, job, self.saved_path)
+            else:
+                self._scontrol_requeue(job)
 
     # --- acting at a step boundary, on every rank at once ---------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:

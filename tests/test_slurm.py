@@ -81,7 +81,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={d}/munge.sock
+AuthInfo=socket={d}/munge.sock,cred_expire=10
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -95,6 +95,7 @@ AccountingStorageType=accounting_storage/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
@@ -161,6 +162,7 @@ def slurm(tmp_path_factory):
         f.write(_slurm_conf(d, host, *_free_ports(2)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["SLURM_CONF"] = conf
+    env["AUDIOSSL_TEST_SLURM_DIR"] = d  # where the daemons log: quoted when a job misbehaves
     pid_files = [os.path.join(d, f) for f in ("slurmd.pid", "slurmctld.pid", "munged.pid")]
     try:
         subprocess.run([_which("munged"), "--force", f"--socket={d}/munge.sock", f"--key-file={key}",
@@ -227,7 +229,10 @@ def test_sbatch_trains_on_two_tasks_and_resumes_after_signal_and_requeue(slurm, 
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().split(";")[0]
     run = os.path.join(work, "runs", f"eat_tiny-{job}")
-    log = lambda: f"job output:\n{_tail(out, 6000)}"  # noqa: E731
+    d = env["AUDIOSSL_TEST_SLURM_DIR"]
+    log = lambda: (f"job output:\n{_tail(out, 6000)}\nscontrol show job:\n"  # noqa: E731
+                   f"{subprocess.run([_which('scontrol'), 'show', 'job', job], env=env, capture_output=True, text=True).stdout}"
+                   f"\nslurmctld.log:\n{_tail(d + '/slurmctld.log', 4000)}\nslurmd.log:\n{_tail(d + '/slurmd.log', 4000)}")
 
     # 1. it trains on two tasks and writes its checkpoints
     _wait("the first step checkpoint", lambda: os.path.exists(os.path.join(run, "checkpoints", "step00000004.ckpt"))
@@ -247,7 +252,9 @@ def test_sbatch_trains_on_two_tasks_and_resumes_after_signal_and_requeue(slurm, 
     assert ck["audiossl"]["objective"] == "eat"
 
     # 3. the requeued job (same id, so the same run directory) resumes from that checkpoint
-    subprocess.run([_which("scontrol"), "update", f"JobId={job}", "StartTime=now"], env=env, check=True, timeout=30)
+    # SLURM holds a requeued job until its revoked credential has expired (cred_expire, 10 s here; 120 s by default):
+    # forcing it to start earlier (`scontrol update StartTime=now`) races slurmd, which then refuses to launch it
+    # ("Job credential revoked") and the job fails. So the test waits, as a real requeue does.
     _wait("the requeued job to finish", lambda: _job_field(env, job, "JobState") in ("COMPLETED", "FAILED",
                                                                                       "CANCELLED", "TIMEOUT"),
           240, log)
