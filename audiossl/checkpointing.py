@@ -43,9 +43,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also refreshes ``last.ckpt`` when training ends on a step it has not saved yet —
-    including the end of a resumed run (stock Lightning skips it once a ``last`` file was ever written)."""
+    """``ModelCheckpoint`` whose ``last.ckpt`` always resumes exactly where training stopped.
+
+    Stock Lightning refreshes ``last.ckpt`` when the epoch loop winds down, *after* it has marked the epoch complete:
+    a run stopped mid-epoch (``max_steps`` reached, or a requeue signal) then resumes at the start of the next epoch
+    with a new shard order, and the rest of the stopped epoch is never seen. Here ``last.ckpt`` is written at the
+    stopping step itself, from the same state as a periodic step checkpoint (``on_train_batch_end``), and refreshed
+    at the end of training only for a step not saved yet — including the end of a resumed run (stock Lightning
+    skips it once a ``last`` file was ever written)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.save_last and self._last_global_step_saved != trainer.global_step and _stops_after_this_step(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _stops_after_this_step(trainer) -> bool:
+    """Training ends once this batch is done: a stop was asked for (a signal, early stopping), or ``max_steps`` is
+    reached (with gradient accumulation: by the optimizer step this batch completed)."""
+    if trainer.should_stop:
+        return True
+    max_steps = trainer.max_steps
+    return max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps

@@ -61,3 +61,15 @@ class KeyProbe(L.Callback):
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, f"rank{trainer.global_rank}-pid{os.getpid()}.json"), "w") as f:
             json.dump(info, f)
+
+
+class StopAtStep(L.Callback):
+    """Asks the Trainer to stop after optimizer step ``step``, as the requeue signal handler does."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

@@ -93,18 +93,41 @@ def test_sslam_starts_from_eat_checkpoint(eat_run, synth_root, tmp_path):
     assert (t0 - t1).abs().max() < 1e-3
 
 
-def test_resume_continues_the_same_run(synth_root, tmp_path):
-    """Killed after step 3 and resumed with --ckpt_path last: steps 4-6 log the same losses as an unbroken run."""
-    full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
-    _run_pretrain("eat_tiny.yaml", full, synth_root, 6)
-    _run_pretrain("eat_tiny.yaml", broken, synth_root, 3, "--checkpoint_every_n_steps", "3")
+STOPS = {
+    "step checkpoint": ["--trainer.max_steps", "3", "--checkpoint_every_n_steps", "3"],
+    # last.ckpt written when max_steps ends the run mid-epoch (no step checkpoint at step 3)
+    "max_steps": ["--trainer.max_steps", "3"],
+    # a stop request mid-epoch, as the requeue signal makes (stock Lightning marked the epoch complete here)
+    "stop request": ["--trainer.max_steps", "6", "--trainer.callbacks+={\"class_path\": \"ddp_probe.StopAtStep\", "
+                     "\"init_args\": {\"step\": 3}}"],
+}
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(synth_root, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("unbroken"))
+    _run_pretrain("eat_tiny.yaml", root, synth_root, 6)
+    return root
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_resume_continues_the_same_run(stop, unbroken_run, synth_root, tmp_path):
+    """Stopped after step 3 (mid-epoch) and resumed with --ckpt_path last: steps 4-6 log the same losses and end
+    with the same weights as an unbroken run, and the epoch counter stays where it was."""
+    broken = str(tmp_path / "broken")
+    assert pretrain(["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,
+                     "--trainer.default_root_dir", broken, "--data.num_workers", "0", "--trainer.log_every_n_steps",
+                     "1", "--trainer.enable_progress_bar", "false", *STOPS[stop]]) == 0
     assert latest_checkpoint(broken).endswith("last.ckpt")
+    stopped = torch.load(latest_checkpoint(broken), map_location="cpu", weights_only=True)
+    assert stopped["global_step"] == 3 and stopped["epoch"] == 0
     _run_pretrain("eat_tiny.yaml", broken, synth_root, 6, "--ckpt_path", "last")
-    a, b = tb_scalars(full, "train/loss"), tb_scalars(broken, "train/loss")
+    a, b = tb_scalars(unbroken_run, "train/loss"), tb_scalars(broken, "train/loss")
     assert sorted(b) == [0, 1, 2, 3, 4, 5]
     for step in (3, 4, 5):
         assert abs(a[step] - b[step]) <= 1e-4 * abs(a[step]), (step, a[step], b[step])
-    ck_a = torch.load(os.path.join(full, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+    assert tb_scalars(broken, "epoch") == tb_scalars(unbroken_run, "epoch")
+    ck_a = torch.load(os.path.join(unbroken_run, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     ck_b = torch.load(os.path.join(broken, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ck_a["global_step"] == ck_b["global_step"] == 6
     for k in ("encoder.blocks.3.mlp.fc2.weight", "teacher.model.blocks.3.mlp.fc2.weight"):
