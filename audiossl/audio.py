@@ -16,13 +16,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from audiossl.errors import UserError
+
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 # The formats libsndfile recognises by extension; used only to give a better message for a wrong extension.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(UserError, ValueError):
     """An input that cannot be turned into audio: missing, empty, truncated, corrupt, or not audio at all."""
 
     def __init__(self, source: str, reason: str):

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from audiossl.errors import UserError
 from audiossl.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig
@@ -31,22 +33,32 @@ ENCODER_PREFIX = {"pretrain": "encoder.", "classifier": "model.encoder."}
 CLASSIFIER_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or does not match the model it should rebuild."""
 
 
-def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", allow: tuple = ()):
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", allow: tuple = (), mmap: bool = False):
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file and, when the file
     holds Python objects beyond tensors and plain containers, which ones. ``allow``: extra classes/functions the
-    unpickler may construct (data-only types such as numpy scalars), passed to ``torch.serialization.safe_globals``."""
+    unpickler may construct (data-only types such as numpy scalars), passed to ``torch.serialization.safe_globals``.
+    ``mmap``: map the tensors instead of reading them (cheap for a look at the metadata of a large file)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"{what} {path} is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is an empty file")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{what} {path} is a safetensors file, not a torch checkpoint: pass the folder holding it "
+                              "(an exported model) where a model folder is accepted, or use `audiossl convert`")
+    not_torch = f"{what} {path} is not a torch checkpoint"
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and not _starts_like_pickle(path):
+        raise CheckpointError(f"{not_torch} (neither a torch zip archive nor a pickle)")
     try:
         with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as e:
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -61,6 +73,15 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", allow: tu
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"cannot read {what} {path}: {e} (truncated or not a torch file?)") from None
+    except (IndexError, KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        # the legacy (non-zip) reader fed bytes that are no pickle at all: audio, text, JSON, ...
+        raise CheckpointError(f"{not_torch} (torch cannot parse it: {type(e).__name__}: {e})") from None
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """A pickle of protocol 2+ (torch's legacy format included) starts with the PROTO opcode ``0x80``."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -155,8 +176,9 @@ def classifier_from_checkpoint(ckpt_or_path) -> AudioClassifier:
     meta = ckpt["audiossl"]
     if meta["kind"] != "classifier":
         raise CheckpointError(
-            f"{name} is a {meta['kind']} checkpoint (an encoder without a classifier head): use "
-            f"encoder_from_checkpoint(...), or `audiossl export` it as an encoder-only model for embeddings"
+            f"{name} is a {meta['kind']} checkpoint (an encoder without a classifier head): fine-tune it first "
+            f"(`audiossl finetune --model.init_from {name}`), or `audiossl export` it as an encoder-only model for "
+            f"embeddings (Python: encoder_from_checkpoint)"
         )
     try:
         model = AudioClassifier(

@@ -1,7 +1,8 @@
 """The `audiossl` command: one entry point, one verb per task.
 
 Adding a verb is one line in ``VERBS``: ``name -> ("module:function", "one-line help")``. The function receives the
-remaining command-line arguments (``list[str]``) and returns an exit status. Modules are imported only when their verb
+remaining command-line arguments (``list[str]``) and returns an exit status; an ``audiossl.errors.UserError`` it raises
+is printed as one line (``audiossl VERB: error: ...``, status 1). Modules are imported only when their verb
 runs, so ``audiossl --help`` stays fast.
 """
 
@@ -48,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = VERBS[verb][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    status = func(rest)
+    from audiossl.errors import UserError
+
+    try:
+        status = func(rest)
+    except UserError as e:  # a mistake in the input, explained by the message: no traceback
+        print(f"audiossl {verb}: error: {e}", file=sys.stderr)
+        return 1
     return int(status or 0)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from audiossl.checkpoint import CheckpointError, load_weights, safe_torch_load
+from audiossl.errors import UserError
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import EncoderConfig
@@ -49,7 +50,7 @@ AST_MEAN, AST_STD = -4.2677393, 4.5689974
 _LABEL_DIR = Path(__file__).parent / "data" / "labels"
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Weights this importer cannot map onto the shared encoder, or inconsistent options."""
 
 
@@ -93,9 +94,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict | None]:
     if not path.exists():
         raise ConversionError(f"{path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from audiossl.export import read_safetensors
 
-        return load_file(str(path)), None
+        return read_safetensors(path), None
     try:
         obj = safe_torch_load(path, what="weights file", allow=_data_only_globals())
     except CheckpointError as e:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,7 +105,8 @@ def evaluate_all(runs: dict[str, str], data: str, out: Path) -> dict[str, dict]:
     results = {}
     for name, ckpt in runs.items():
         dm = AudioDataModule(data, num_workers=0, batch_size=64)
-        m = evaluate(classifier_from_checkpoint(ckpt), dm, out / "eval" / name, progress=False)
+        folder = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "fine-tuned (pretrained)" -> fine_tuned_pretrained
+        m = evaluate(classifier_from_checkpoint(ckpt), dm, out / "eval" / folder, progress=False)
         results[name] = {k: m[k] for k in ("mAP", "mAUC", "d_prime", "accuracy", "num_clips")}
         print(f"{name:>22}: mAP {m['mAP']:.3f}  mAUC {m['mAUC']:.3f}  d' {m['d_prime']:.2f}  "
               f"accuracy {m['accuracy']:.3f}  ({m['num_clips']} clips)")
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     cfg = _configs_dir()
+    if (out / "runs").is_dir():  # the demo always trains afresh; its runs are its own
+        print(f"audiossl demo: replacing the previous demo runs in {out / 'runs'}", file=sys.stderr)
+        shutil.rmtree(out / "runs")
     S = Stages()
     pool, lab = S.run("data: synthetic corpus", make_data, out, args.unlabelled_clips, args.labelled_clips,
                       args.eval_clips, args.workers)

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 
 from audiossl import __version__
+from audiossl.data.manifest import atomic_write
+from audiossl.errors import UserError, output_dir
 from audiossl.models.classifier import AudioClassifier
 
 FORMAT_VERSION = 1
@@ -36,22 +38,42 @@ ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
 
 
 # --- safetensors + JSON ------------------------------------------------------------------------------------------
 def save_model(model: AudioClassifier, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` (created if needed); returns the directory."""
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` (created if needed); returns the directory.
+
+    A model already in ``out_dir`` is replaced (with a note on stderr), and its ``model.onnx`` is removed: it would
+    describe the old weights."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
+    if (out / WEIGHTS_FILE).exists() or (out / CONFIG_FILE).exists():
+        print(f"audiossl: replacing the model in {out}", file=sys.stderr)
+    if (out / ONNX_FILE).exists():
+        (out / ONNX_FILE).unlink()
+        print(f"audiossl: removed the old {out / ONNX_FILE} (it belonged to the replaced model)", file=sys.stderr)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "audiossl_version": __version__})
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "audiossl_version": __version__})
     config = {**model.config_dict(), "format_version": FORMAT_VERSION, "audiossl_version": __version__}
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, out / WEIGHTS_FILE)
+    atomic_write(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return out
+
+
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """The tensors of a ``.safetensors`` file; ``ExportError`` when it is damaged or not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ExportError(f"cannot read {path}: {e} (a truncated or corrupt safetensors file?)") from None
 
 
 def read_config(model_dir: str | os.PathLike) -> dict:
@@ -83,8 +105,6 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
 
     Also accepts an audiossl checkpoint file (``.ckpt``), read with ``weights_only=True``.
     """
-    from safetensors.torch import load_file
-
     from audiossl.checkpoint import load_weights, model_from_checkpoint
 
     path = Path(model_dir)
@@ -99,7 +119,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise ExportError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    load_weights(model, load_file(str(weights)), f"the model in {path}")
+    load_weights(model, read_safetensors(weights), f"the model in {path}")
     return model.eval().to(device)
 
 

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from audiossl.augment import mixup, roll_and_gain, spec_augment
 from audiossl.features import FrontEnd
 from audiossl.metrics import classification_metrics
+from audiossl.errors import DatasetError
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
 from audiossl.objectives.base import CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, resolve_front_end
@@ -149,6 +150,9 @@ class FinetuneModule(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             raise RuntimeError("FinetuneModule needs an AudioDataModule (it reads the label space from it)")
+        if dm.num_classes == 0:
+            raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); fine-tuning needs "
+                               "labelled data: prepare it with labels (e.g. a CSV with a labels column)")
         self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate)
 
     @property

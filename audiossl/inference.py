@@ -400,6 +400,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         ap.error("--top-k and --batch-size must be at least 1")
+    if args.hop is not None and args.hop <= 0:
+        ap.error("--hop must be positive (seconds)")
+    from audiossl.errors import resolve_device
+
+    device = resolve_device(args.device)
     from audiossl.checkpoint import CheckpointError
     from audiossl.export import ONNX_FILE, ExportError, load_model
 
@@ -412,7 +417,6 @@ def main(argv: list[str]) -> int:
     if not model.has_head:
         print(f"audiossl predict: error: {args.model}: {_no_head_reason()}", file=sys.stderr)
         return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     failed = 0
     results = predict_files(model, args.files, args.top_k, args.batch_size, args.hop, args.aggregate, runner=runner,
                             device=None if runner is not None else device)

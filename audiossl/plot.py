@@ -181,11 +181,22 @@ def main(argv: list[str]) -> int:
         p.add_argument("--width", type=int, default=w, help=f"pixels (default {w})")
         p.add_argument("--height", type=int, default=h, help=f"pixels (default {h or 'by panel count'})")
     args = ap.parse_args(argv)
+    if args.what == "predictions":
+        if args.top_k < 1:
+            ap.error("--top-k must be at least 1")
+        for name in ("window", "hop"):
+            if getattr(args, name) is not None and getattr(args, name) <= 0:
+                ap.error(f"--{name} must be positive")
+    if args.width is not None and args.width < 1 or args.height is not None and args.height < 1:
+        ap.error("--width and --height must be at least 1")
     from audiossl.audio import AudioDecodeError
     from audiossl.checkpoint import CheckpointError
+    from audiossl.errors import output_file
     from audiossl.export import ExportError, load_model
 
+    inputs = (args.file,) if args.what != "curves" else ()
     try:
+        output_file(args.out, inputs=inputs)
         if args.what == "mel":
             fe = load_model(args.model).front_end if args.model else None
             out = plot_mel(args.file, args.out, args.width, args.height, front_end=fe)

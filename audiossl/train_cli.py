@@ -5,7 +5,8 @@
 
 YAML config plus dotted overrides; ``--print_config`` prints the resolved config; unknown keys are errors. Every run
 directory ``OUT`` gets ``OUT/checkpoints/`` (``last.ckpt`` plus one every ``--checkpoint_every_n_steps``), TensorBoard
-event files and the resolved ``config.yaml``; ``--ckpt_path last`` resumes from ``OUT/checkpoints/last.ckpt``.
+event files and the resolved ``config.yaml``; ``--ckpt_path last`` resumes from ``OUT/checkpoints/last.ckpt``. A run
+without ``--ckpt_path`` refuses a directory that already holds checkpoints (it would overwrite them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from audiossl.data import AudioDataModule
+from audiossl.errors import UserError
 
 
 def init_parameters(cls) -> list[str]:
@@ -146,7 +148,7 @@ def _ckpt_path(cli: AudioSSLCLI) -> str | None:
             print(f"audiossl: resuming from {last}", file=sys.stderr)
         return last
     if path is not None and not os.path.exists(path):
-        raise SystemExit(f"audiossl: --ckpt_path {path}: no such checkpoint")
+        raise UserError(f"--ckpt_path {path}: no such checkpoint")
     return path
 
 
@@ -197,10 +199,50 @@ def build_cli(model_class, argv: list[str], default_root: str, subclass_mode: bo
         )
 
 
+def check_run_dir(root: str) -> None:
+    """Starting afresh (no ``--ckpt_path``) in a run directory that holds checkpoints would overwrite them: refuse."""
+    found = sorted(glob.glob(os.path.join(root, "checkpoints", "*.ckpt")) + glob.glob(os.path.join(root, "hpc_ckpt_*.ckpt")))
+    if found:
+        names = ", ".join(os.path.relpath(f, root) for f in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise UserError(
+            f"{root} already holds the checkpoints of an earlier run ({names}); starting afresh would overwrite them. "
+            f"Resume that run with --ckpt_path last, or give a new --trainer.default_root_dir (or delete {root})"
+        )
+
+
+def check_resume(model, path: str) -> None:
+    """Fail early, in one line, when ``path`` cannot resume this run: not an audiossl checkpoint, the other verb's
+    kind, another objective or another encoder (Lightning would print a long state-dict error instead)."""
+    from audiossl.checkpoint import check_checkpoint, safe_torch_load
+
+    meta = check_checkpoint(safe_torch_load(path, mmap=True), path)
+    objective = getattr(model, "objective", None)
+    kind = "pretrain" if objective else "classifier"
+    if meta["kind"] != kind:
+        hint = (" (to fine-tune a pretrained encoder, pass it as --model.init_from)" if meta["kind"] == "pretrain"
+                else " (a fine-tuned checkpoint cannot resume pretraining)")
+        raise UserError(f"--ckpt_path {path} is a {meta['kind']} checkpoint; this run resumes {kind} checkpoints{hint}")
+    if objective and meta.get("objective") != objective:
+        raise UserError(f"--ckpt_path {path} was written by the {meta.get('objective')!r} objective; this run trains "
+                        f"{objective!r} (use the config of that run)")
+    encoder = getattr(model, "encoder", None)
+    if objective and encoder is not None:
+        ours, theirs = encoder.config.to_dict(), meta["encoder"]
+        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
+                for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+        if diff:
+            raise UserError(f"--ckpt_path {path} holds another encoder than this run builds: {'; '.join(diff[:6])}")
+
+
 def run(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> int:
     cli = build_cli(model_class, argv, default_root, subclass_mode)
+    ckpt_path = _ckpt_path(cli)
+    if ckpt_path is None:
+        check_run_dir(cli.trainer.default_root_dir)
+    else:
+        check_resume(cli.model, ckpt_path)
     with _quiet_lightning(strip_argv=False):
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=_ckpt_path(cli))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return 0
 
 

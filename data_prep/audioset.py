@@ -32,6 +32,7 @@ from audiossl.data.labels import audioset_labels
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
+from audiossl.errors import input_file
 
 EVAL_SPLITS = ("eval",)
 
@@ -52,9 +53,7 @@ def split_name(csv_path: str | Path) -> str:
 
 def read_segments(path: str | Path) -> tuple[list[Segment], list[tuple[str, str]]]:
     """``(segments, bad lines as (source, reason))`` of an official segment CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"segment CSV {path} does not exist")
+    path = input_file(path, "segment CSV")
     segments, bad = [], []
     with open(path, newline="", encoding="utf-8") as f:
         for line, rec in enumerate(csv.reader(f, skipinitialspace=True), start=1):
@@ -119,6 +118,8 @@ def convert(segments: list[str], audio_dir: str, out: str, options: WriterOption
     """Convert the clips of the segment CSVs found under ``audio_dir``; returns the writer's report."""
     if not Path(audio_dir).is_dir():
         raise ValueError(f"--audio-dir {audio_dir} is not a folder")
+    for path in segments:  # before the (long) scan of the audio folder
+        input_file(path, "segment CSV")
     names = [split_name(p) for p in segments]
     dup = sorted(n for n, c in Counter(names).items() if c > 1)
     if dup:

@@ -31,8 +31,12 @@ from audiossl.data.labels import LabelSpace, read_label_file
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
+from audiossl.errors import input_file
 
 COLUMNS = ("path", "labels", "split", "fold")
+# first-line cells that mean "this is a header", so a header with other column names is an error, not a clip
+_HEADER_LIKE = {"file", "filename", "file_name", "filepath", "file_path", "audio", "audio_path", "label", "class",
+                "classes", "category", "target"}
 
 
 @dataclass
@@ -46,19 +50,22 @@ class Row:
 
 def read_rows(csv_path: str | Path) -> list[Row]:
     """Parse the CSV; a malformed line (no path, a non-integer fold, a bad split name) is an error naming it."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise ValueError(f"CSV file {csv_path} does not exist")
+    csv_path = input_file(csv_path, "CSV file")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         records = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if any(c.strip() for c in r)]
     if not records:
         raise ValueError(f"{csv_path} holds no rows")
     columns: dict[str, int] = {c: i for i, c in enumerate(COLUMNS)}
     head = [c.strip().lower() for c in records[0][1]]
-    if head and head[0] in COLUMNS and "path" in head:
+    if any(c in COLUMNS or c in _HEADER_LIKE for c in head):  # a header line (a clip path is never just "labels")
         unknown = [c for c in head if c not in COLUMNS]
-        if unknown:
-            raise ValueError(f"{csv_path}: unknown columns {unknown}; expected some of {list(COLUMNS)}")
+        if unknown or "path" not in head:
+            raise ValueError(
+                f"{csv_path}: the header names columns {head}"
+                + (f"; unknown: {unknown}" if unknown else "") + (" and no 'path' column" if "path" not in head else "")
+                + f". Name the columns {', '.join(COLUMNS)} (path and labels at least), or drop the header line "
+                "to use that order"
+            )
         columns = {c: head.index(c) for c in COLUMNS if c in head}
         records = records[1:]
     rows = []

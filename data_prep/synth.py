@@ -438,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-seconds", type=float, default=2.0, help="clip length (default 2.0)")
     p.add_argument("--baseline", action="store_true", help="then print the mean-log-mel logistic-regression mAP")
     p.add_argument("--temporal-baseline", action="store_true",
-                   help="then also the mAP with time statistics added to the features (slower)")
+                   help="then print the mAP with time statistics added to the features (slower; "
+                   "with --baseline both are printed)")
     add_writer_args(p)
     args = p.parse_args(argv)
     try:

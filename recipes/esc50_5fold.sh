@@ -7,9 +7,10 @@
 # PRETRAINED.ckpt: an audiossl pretraining checkpoint, or an export/convert directory (e.g. `audiossl convert eat`).
 # Environment: AUDIOSSL (the command, default `audiossl`), FINETUNE_CONFIG (default configs/finetune/esc50.yaml),
 # FOLDS (default "1 2 3 4 5").
+# A re-run resumes each fold from OUT/foldK/checkpoints/last.ckpt (a finished fold only re-evaluates).
 set -euo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,9p' "$0" >&2
+  sed -n '2,10p' "$0" >&2
   exit 2
 fi
 ESC_ROOT=$1 INIT=$2 OUT=$3
@@ -26,7 +27,7 @@ fi
 for k in $FOLDS; do
   echo "=== fold $k: train on the other folds, evaluate on fold $k"
   $AUDIOSSL finetune --config "$CONFIG" --data.root "$DATA" --data.eval_fold "$k" --model.init_from "$INIT" \
-    --trainer.default_root_dir "$OUT/fold$k" "$@"
+    --trainer.default_root_dir "$OUT/fold$k" --ckpt_path last "$@"
   $AUDIOSSL evaluate --ckpt_path "$OUT/fold$k/checkpoints/last.ckpt" --data.root "$DATA" --data.eval_fold "$k" \
     --out "$OUT/fold$k/eval"
 done

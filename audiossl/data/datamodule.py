@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from audiossl.data.manifest import Manifest, read_manifest
 from audiossl.data.pipeline import EvalStream, ShardRef, TrainStream, batches_per_rank, shard_refs
+from audiossl.errors import DatasetError
 
 log = logging.getLogger("audiossl.data")
 
@@ -101,17 +102,17 @@ class AudioDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise DatasetError(f"batch_size must be >= 1, got {batch_size}")
         if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+            raise DatasetError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise DatasetError(f"num_workers must be >= 0, got {num_workers}")
         if eval_split is not None and eval_fold is not None:
-            raise ValueError("set eval_split or eval_fold, not both (eval_fold takes its samples from train_split)")
+            raise DatasetError("set eval_split or eval_fold, not both (eval_fold takes its samples from train_split)")
         if clip_seconds is not None and clip_seconds <= 0:
-            raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
+            raise DatasetError(f"clip_seconds must be positive, got {clip_seconds}")
         if epoch_size is not None and epoch_size < 1:
-            raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
+            raise DatasetError(f"epoch_size must be >= 1, got {epoch_size}")
         self.save_hyperparameters()
         self.root = str(root)
         self.train_split = train_split
@@ -188,7 +189,7 @@ class AudioDataModule(L.LightningDataModule):
         splits = [s for s in self.train_splits if s in m.splits] or list(m.splits)
         longest = max((m.splits[s].max_duration for s in splits), default=0.0)
         if longest <= 0:
-            raise ValueError(f"{self.root}: cannot infer clip_seconds from an empty dataset; set clip_seconds")
+            raise DatasetError(f"{self.root}: cannot infer clip_seconds from an empty dataset; set clip_seconds")
         return longest
 
     @property
@@ -200,6 +201,10 @@ class AudioDataModule(L.LightningDataModule):
         if self.eval_fold is None:
             return None
         k = int(self.eval_fold)
+        folds = sorted({f for s in self.train_splits if s in self.manifest.splits
+                        for shard in self.manifest.splits[s].shards for f in (shard.folds or ())})
+        if folds and k not in folds:
+            raise DatasetError(f"eval_fold {k} is not a fold of {self.root} (split {self.train_split!r} has folds {folds})")
         return (lambda f: f != k) if train else (lambda f: f == k)
 
     def train_refs(self) -> list[ShardRef]:

@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from audiossl.errors import input_file
+
 _PACKAGED = {
     "audioset": "audioset_class_labels_indices.csv",
     "esc50": "esc50_class_labels_indices.csv",
@@ -110,9 +112,7 @@ def parse_label_file(text: str, source: str = "<labels>") -> LabelSpace:
 
 def read_label_file(path: str | Path) -> LabelSpace:
     """Read a label file from disk (see :func:`parse_label_file` for the two accepted layouts)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file {path} does not exist")
+    path = input_file(path, "label file")
     return parse_label_file(path.read_text(encoding="utf-8"), str(path))
 
 

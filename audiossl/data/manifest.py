@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiossl.data.labels import LabelSpace
+from audiossl.errors import DatasetError, DatasetNotFoundError, SplitNotFoundError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -120,9 +121,9 @@ class Manifest:
         return len(self.labels)
 
     def split(self, name: str) -> SplitInfo:
-        """The split called ``name``; a ``KeyError`` listing the splits there are otherwise."""
+        """The split called ``name``; a ``SplitNotFoundError`` (a ``KeyError``) listing the splits there are otherwise."""
         if name not in self.splits:
-            raise KeyError(f"split {name!r} is not in this dataset; it has {sorted(self.splits)}")
+            raise SplitNotFoundError(f"split {name!r} is not in this dataset; it has {sorted(self.splits)}")
         return self.splits[name]
 
     def evaluation_split(self) -> str | None:
@@ -150,7 +151,7 @@ class Manifest:
     def from_dict(cls, d: dict, source: str = MANIFEST_NAME) -> "Manifest":
         version = d.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(
+            raise DatasetError(
                 f"{source}: format_version {version!r} is not supported (this audiossl reads {FORMAT_VERSION}); "
                 "re-create the dataset with `audiossl prep` or upgrade audiossl"
             )
@@ -166,7 +167,7 @@ class Manifest:
                 ontology=d.get("ontology"),
             )
         except KeyError as e:
-            raise ValueError(f"{source}: missing field {e}; the manifest is damaged, re-run `audiossl prep`") from None
+            raise DatasetError(f"{source}: missing field {e}; the manifest is damaged, re-run `audiossl prep`") from None
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -208,14 +209,14 @@ def read_manifest(root: str | Path) -> Manifest:
     path = manifest_path(root)
     if not path.is_file():
         what = "does not exist" if not root.exists() else "has no manifest.json"
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"dataset folder {root} {what}: build it with `audiossl prep NAME ... --out {root}` "
             "(a folder whose conversion crashed has no manifest until a re-run completes)"
         )
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); re-run `audiossl prep`") from None
+        raise DatasetError(f"{path} is not valid JSON ({e}); re-run `audiossl prep`") from None
     return Manifest.from_dict(d, str(path))
 
 

@@ -57,6 +57,7 @@ from webdataset.tariterators import base_plus_ext
 
 from audiossl import audio
 from audiossl.data.manifest import Manifest
+from audiossl.errors import DatasetError
 
 log = logging.getLogger("audiossl.data")
 _MAX_WARNINGS = 20  # per worker and pass over the data; then only the end-of-epoch summary
@@ -96,7 +97,7 @@ def shard_refs(
     for name in splits:
         info = manifest.split(name)
         if fold_filter is not None and not info.has_folds:
-            raise ValueError(f"split {name!r} has no folds in its manifest, so eval_fold cannot be used with it")
+            raise DatasetError(f"split {name!r} has no folds in its manifest, so eval_fold cannot be used with it")
         weights = _load_weights(root, name, info) if weighted else [None] * len(info.shards)
         for shard, w in zip(info.shards, weights):
             positions = None
@@ -109,13 +110,13 @@ def shard_refs(
 def _load_weights(root: Path, split: str, info) -> list[np.ndarray]:
     """Per-shard weight arrays from ``{split}_weights.csv`` (``key,weight`` rows in shard order)."""
     if not info.weights:
-        raise ValueError(
+        raise DatasetError(
             f"weighted=True but split {split!r} has no sampling weights (only `audiossl prep audioset` writes them)"
         )
     path = root / info.weights
     values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=1, dtype=np.float64, ndmin=1)
     if len(values) != info.samples:
-        raise ValueError(f"{path} has {len(values)} weights for {info.samples} samples; re-run `audiossl prep`")
+        raise DatasetError(f"{path} has {len(values)} weights for {info.samples} samples; re-run `audiossl prep`")
     bounds = np.cumsum([0] + [s.samples for s in info.shards])
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 

@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.max_clips is not None and args.max_clips < 1:
+        p.error("--max-clips must be at least 1")
     try:
         stats = compute_stats(args.root, args.split, args.max_clips, args.seed, progress=not args.quiet)
     except (FileNotFoundError, KeyError, ValueError) as e:

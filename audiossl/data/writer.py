@@ -4,8 +4,9 @@ A converter turns its source layout into a list of :class:`Clip` (a tar-safe key
 either an audio file path or a picklable ``render()`` function) plus the inputs it already knows are bad, and calls
 :func:`write_dataset`, which
 
-1. clears what a previous run left in ``DIR`` (the manifest first, so nothing stale is ever listed, then the shards,
-   ``*.tar.tmp`` leftovers, ``rejected.tsv`` and weight files of the splits involved) — a re-run **overwrites**;
+1. once the first clip is encoded, clears what a previous run left in ``DIR`` (the manifest first, so nothing stale is
+   ever listed, then the shards, ``*.tar.tmp`` leftovers, ``rejected.tsv`` and weight files of the splits involved) —
+   a re-run **overwrites**; a run that writes no clip at all raises ``DatasetError`` and leaves ``DIR`` as it was;
 2. decodes, resamples (to ``sample_rate`` unless ``keep_rate``) and encodes each clip to 16-bit FLAC in a process
    pool of ``workers`` (0 = in this process), consuming the results **in input order**, so the output is
    byte-identical for a given input order whatever the number of workers;
@@ -51,6 +52,7 @@ from audiossl.data.manifest import (
     read_manifest,
     write_manifest,
 )
+from audiossl.errors import DatasetError, output_dir
 
 REJECTED_NAME = "rejected.tsv"
 MISSING = "missing"  # the reason recorded for inputs that do not exist
@@ -166,6 +168,7 @@ def add_writer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> WriterOptions:
+    output_dir(args.out, create=False)  # a file in the way: an error before any work
     return WriterOptions(
         shard_size=args.shard_size,
         max_shard_bytes=args.max_shard_bytes,
@@ -406,9 +409,8 @@ def write_dataset(
     from tqdm import tqdm
 
     options = options or WriterOptions()
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    _clear_previous(root)
+    root = output_dir(out)
+    cleared = False  # the previous dataset in ``out`` stays until the first clip is ready to be written
     if total is None and hasattr(clips, "__len__"):
         total = len(clips)  # type: ignore[arg-type]
     target_rate = None if options.keep_rate else options.sample_rate
@@ -436,6 +438,9 @@ def write_dataset(
                 continue
             seen.add(clip.key)
             w = writers.get(clip.split)
+            if not cleared:
+                _clear_previous(root)
+                cleared = True
             if w is None:
                 _remove_split_files(root, clip.split)
                 w = writers[clip.split] = _SplitWriter(root, clip.split, options.shard_size, options.max_shard_bytes)
@@ -446,6 +451,8 @@ def write_dataset(
         raise
     finally:
         bar.close()
+    if not writers:
+        _refuse_empty(root, bad, previous=manifest_path(root).exists())
     splits = {name: w.close() for name, w in writers.items()}
     for name, w in writers.items():
         if w.weights:
@@ -474,6 +481,20 @@ def write_dataset(
     report = WriteReport(manifest, {k: v.samples for k, v in splits.items()}, bad, time.perf_counter() - t0)
     _print_summary(root, report)
     return report
+
+
+def _refuse_empty(root: Path, bad: list[tuple[str, str]], previous: bool) -> None:
+    """No clip made it: an error that says why, leaving a dataset already in ``root`` as it was."""
+    missing = sum(1 for _, r in bad if r == "missing")
+    reasons = "; ".join(f"{s}: {r}" for s, r in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+    if bad and not previous:
+        write_rejected(root, bad)
+    where = f" (listed in {root / REJECTED_NAME})" if bad and not previous else ""
+    kept = f"; the dataset already in {root} was left as it was" if previous else ""
+    raise DatasetError(
+        f"no clip was written to {root}: {len(bad) - missing} inputs rejected, {missing} missing{where}"
+        + (f" - {reasons}" if reasons else " - the input lists no clips") + kept
+    )
 
 
 def _print_summary(root: Path, r: WriteReport) -> None:

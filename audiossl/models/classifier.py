@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from audiossl.config_dict import DictConfig
+from audiossl.errors import UserError
 from audiossl.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 
@@ -60,7 +61,7 @@ class ClassifierHead(nn.Module):
         return self.linear(self.norm(pooled))  # [B, C]
 
 
-class MissingHeadError(RuntimeError):
+class MissingHeadError(UserError, RuntimeError):
     """Classification asked of a model that has no classifier head (an encoder exported from pretraining)."""
 
 

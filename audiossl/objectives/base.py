@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from audiossl.errors import DatasetError
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEnd, FrontEndConfig
 from audiossl.models import build_encoder
 from audiossl.objectives.ema import EMATeacher
@@ -88,7 +89,7 @@ def adamw_warmup_cosine(module: L.LightningModule, named: list[tuple[str, torch.
 def check_sample_rate(data_rate: int | None, front_end: FrontEndConfig, where: str = "the dataset") -> None:
     """A clear error when batches arrive at another rate than the front end assumes (the fbank would be wrong)."""
     if data_rate and int(data_rate) != int(front_end.sample_rate):
-        raise ValueError(
+        raise DatasetError(
             f"{where} holds audio at {data_rate} Hz but the model's front end expects {front_end.sample_rate} Hz: "
             f"prepare the shards at {front_end.sample_rate} Hz (`audiossl prep ...` without --keep-rate/--sample-rate)"
             f", or give the front end sample_rate: {data_rate}"

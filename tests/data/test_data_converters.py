@@ -111,6 +111,16 @@ def test_folder_single_label_inferred_and_headerless(tmp_path):
     assert report.manifest.labels.names == ("high", "low")
 
 
+@pytest.mark.parametrize("header", ["filename,labels", "file,label", "labels,path,comment"])
+def test_folder_header_with_other_column_names_is_an_error_not_a_clip(tmp_path, header):
+    write_audio(tmp_path / "a" / "x.wav", 0.2)
+    (tmp_path / "l.csv").write_text(f"{header}\nx.wav,dog\n")
+    with pytest.raises(ValueError, match="the header names columns .*Name the columns path, labels"):
+        folder.read_rows(tmp_path / "l.csv")
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        folder.read_rows(tmp_path / "a")
+
+
 def test_folder_unlabelled_audio_makes_a_pretraining_set(tmp_path):
     a = tmp_path / "audio"
     for i in range(3):

@@ -15,6 +15,7 @@ from audiossl.data import writer as writer_mod
 from audiossl.data.manifest import read_manifest
 from audiossl.data.pipeline import read_shard
 from audiossl.data.writer import Clip, safe_key
+from audiossl.errors import DatasetError
 
 
 def test_safe_key_is_tar_safe_and_deterministic():
@@ -111,6 +112,24 @@ def test_bad_render_and_duplicate_keys_are_rejected_not_fatal(tmp_path):
     assert "NaN" in reasons["nan"]
     lines = (tmp_path / "ds" / "rejected.tsv").read_text().splitlines()
     assert lines[0] == "source\treason" and len(lines) == 3
+
+
+def test_a_run_that_writes_no_clip_is_an_error_and_keeps_the_previous_dataset(tmp_path):
+    root = tmp_path / "ds"
+    build(root, make_clips(6))
+    before = {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    bad = [Clip("x", "train", {"id": "x", "labels": [], "label_idx": []}, render=lambda: (np.full(10, np.nan), 16000))]
+    with pytest.raises(DatasetError, match="no clip was written .* 1 inputs rejected, 0 missing .*NaN.*left as it was"):
+        build(root, bad)
+    assert {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert read_manifest(root).split("train").samples == 6
+    # into a new folder: the same error, and the rejected inputs are listed there
+    with pytest.raises(DatasetError, match=r"listed in .*rejected\.tsv"):
+        build(tmp_path / "new", bad, rejected=[("gone.wav", "missing")])
+    assert "gone.wav\tmissing" in (tmp_path / "new" / "rejected.tsv").read_text()
+    assert not (tmp_path / "new" / "manifest.json").exists()
+    with pytest.raises(DatasetError, match="the input lists no clips"):
+        build(tmp_path / "none", [])
 
 
 class _Crash(RuntimeError):

@@ -1,0 +1,172 @@
+"""Mistakes a user makes on the command line: one ``audiossl VERB: error: ...`` line and status 1, never a traceback,
+and nothing already on disk lost (a finished run's checkpoints, a model's ONNX twin, an input file)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
+
+from audiossl.checkpoint import CheckpointError, safe_torch_load
+from audiossl.cli import main
+from audiossl.errors import UserError
+
+
+@pytest.fixture()
+def files(tmp_path):
+    wav = tmp_path / "clip.wav"
+    sf.write(str(wav), np.zeros(16000, dtype="float32"), 16000)
+    rand = tmp_path / "random.ckpt"
+    rand.write_bytes(np.random.default_rng(0).bytes(4096))
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    return {"wav": str(wav), "rand": str(rand), "empty": str(empty), "text": str(text), "tmp": tmp_path}
+
+
+def one_error_line(capsys, verb: str, argv: list[str]) -> str:
+    """Run ``audiossl VERB argv``; it must fail with status 1 and one clean error line. Returns the message."""
+    assert main([verb, *argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"audiossl {verb}: error: ")]
+    assert len(lines) == 1, err
+    return lines[0][len(f"audiossl {verb}: error: "):]
+
+
+def test_files_that_are_no_torch_checkpoint_are_named_as_such(files):
+    for key in ("rand", "wav", "text"):
+        with pytest.raises(CheckpointError, match="is not a torch checkpoint"):
+            safe_torch_load(files[key])
+    with pytest.raises(CheckpointError, match="is an empty file"):
+        safe_torch_load(files["empty"])
+    (files["tmp"] / "model.safetensors").write_bytes(b"12345678")
+    with pytest.raises(CheckpointError, match="safetensors file, not a torch checkpoint"):
+        safe_torch_load(files["tmp"] / "model.safetensors")
+    good = files["tmp"] / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    assert torch.equal(safe_torch_load(good, mmap=True)["w"], torch.ones(2))
+
+
+def test_verbs_report_user_errors_in_one_line(files, synth_root, pretrained, capsys):
+    out = str(files["tmp"] / "out")
+    ev = ["--data.root", synth_root, "--out", out]
+    assert "not a torch checkpoint" in one_error_line(capsys, "evaluate", ["--ckpt_path", files["rand"], *ev])
+    assert "fine-tune it first" in one_error_line(capsys, "evaluate", ["--ckpt_path", pretrained, *ev])
+    msg = one_error_line(capsys, "evaluate", ["--ckpt_path", pretrained, "--data.root", synth_root, "--out", files["wav"]])
+    assert "is a file" in msg
+    assert not os.path.exists(out)  # nothing half-made by the failed runs
+    assert "not a torch checkpoint" in one_error_line(capsys, "export", [files["wav"], "--out", out])
+    assert "input file" in one_error_line(capsys, "plot", ["mel", files["wav"], "--out", files["wav"]])
+    assert sf.info(files["wav"]).frames == 16000  # the input was not overwritten
+    assert "is a file" in one_error_line(capsys, "prep", ["synth", "--num-clips", "4", "--out", files["text"]])
+    assert "does not exist" in one_error_line(
+        capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), "--data.root", str(files["tmp"] / "nope")])
+    assert "batch_size must be >= 1" in one_error_line(
+        capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), "--data.root", synth_root,
+                             "--data.batch_size", "0"])
+    assert "not a torch checkpoint" in one_error_line(
+        capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), "--data.root", synth_root,
+                             "--model.init_from", files["wav"]])
+    if not torch.cuda.is_available():
+        msg = one_error_line(capsys, "evaluate", ["--ckpt_path", pretrained, *ev, "--device", "cuda"])
+        assert "no CUDA GPU" in msg
+
+
+def test_a_fresh_run_refuses_a_run_directory_that_holds_checkpoints(pretrained, synth_root, capsys):
+    run_dir = os.path.dirname(os.path.dirname(pretrained))
+    before = open(pretrained, "rb").read()
+    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,
+                                              "--trainer.max_steps", "1", "--trainer.default_root_dir", run_dir,
+                                              "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"])
+    assert "already holds the checkpoints of an earlier run" in msg and "--ckpt_path last" in msg
+    assert open(pretrained, "rb").read() == before
+
+
+def test_resuming_from_the_wrong_checkpoint_fails_before_training(pretrained, synth_root, tmp_path, capsys):
+    common = ["--data.root", synth_root, "--trainer.max_steps", "3", "--data.num_workers", "0",
+              "--trainer.enable_progress_bar", "false", "--ckpt_path", pretrained]
+    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "mae_tiny.yaml"), *common,
+                                              "--trainer.default_root_dir", str(tmp_path / "a")])
+    assert "written by the 'eat' objective" in msg and "'mae'" in msg
+    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "eat_tiny.yaml"), *common,
+                                              "--trainer.default_root_dir", str(tmp_path / "b"),
+                                              "--model.init_args.encoder.depth", "2"])
+    assert "another encoder" in msg and "depth: checkpoint 4 vs this run 2" in msg
+    msg = one_error_line(capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), *common,
+                                              "--trainer.default_root_dir", str(tmp_path / "c")])
+    assert "is a pretrain checkpoint" in msg and "--model.init_from" in msg
+    assert not any((tmp_path / d / "checkpoints").exists() for d in "abc")
+
+
+def _tone(i: int):
+    return np.sin(np.arange(4000) * (0.05 + 0.01 * i)).astype("float32"), 16000
+
+
+def test_eval_fold_outside_the_dataset_folds_is_an_error(tmp_path):
+    from audiossl.data import AudioDataModule, LabelSpace
+    from audiossl.data.writer import Clip, WriterOptions, write_dataset
+
+    clips = [Clip(f"c{i}", "train", {"id": str(i), "labels": ["a"], "label_idx": [0], "fold": 1 + i % 2},
+                  render=functools.partial(_tone, i)) for i in range(8)]
+    write_dataset(tmp_path / "ds", clips, labels=LabelSpace.from_names(["a"]), multi_label=False,
+                  options=WriterOptions(workers=0, progress=False))
+    dm = AudioDataModule(str(tmp_path / "ds"), eval_fold=5, batch_size=2, num_workers=0)
+    with pytest.raises(UserError, match=r"eval_fold 5 is not a fold .* has folds \[1, 2\]"):
+        dm.setup("fit")
+    dm = AudioDataModule(str(tmp_path / "ds"), eval_fold=2, batch_size=2, num_workers=0)
+    dm.setup("fit")
+    assert dm.train_size == 4
+
+
+def test_re_export_replaces_the_model_and_drops_its_stale_onnx(tmp_path, capsys):
+    from audiossl.export import ONNX_FILE, load_model, save_model
+    from audiossl.models.classifier import AudioClassifier
+
+    enc = {"name": "vit_tiny", "depth": 1, "embed_dim": 32, "num_heads": 2}
+    a = AudioClassifier(encoder=enc, head={"num_classes": 3}, front_end={"target_length": 64}, label_names=list("abc"))
+    b = AudioClassifier(encoder=enc, head=None, front_end={"target_length": 64})
+    save_model(a, tmp_path / "m")
+    (tmp_path / "m" / ONNX_FILE).write_bytes(b"the graph of model a")
+    save_model(b, tmp_path / "m")
+    err = capsys.readouterr().err
+    assert "replacing the model" in err and "removed the old" in err
+    assert not (tmp_path / "m" / ONNX_FILE).exists()
+    assert not load_model(tmp_path / "m").has_head
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or corrupt safetensors"):
+        load_model(tmp_path / "m")
+
+
+def test_metrics_json_is_strict_json_when_a_metric_is_undefined(tmp_path):
+    from audiossl.evaluate import write_outputs
+    from audiossl.metrics import classification_metrics
+
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.3]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # class 0 has no negatives, class 1 no positives: no AUC at all
+    m = classification_metrics(scores, targets)
+    assert m["mAUC"] != m["mAUC"]  # NaN
+    write_outputs(tmp_path, m, ["a", "b"], scores, targets, ["x", "y"])
+    summary = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert summary["mAUC"] is None and summary["mAP"] == pytest.approx(1.0)
+
+
+def test_dotted_overrides_of_dict_settings_get_the_field_types():
+    """``--model.init_args.encoder.depth 2`` reaches the encoder spec as the text '2'."""
+    from audiossl.features import FrontEndConfig
+    from audiossl.models.encoder import build_encoder
+
+    enc = build_encoder({"name": "vit_tiny", "depth": "2", "embed_dim": "64", "num_heads": "4", "qkv_bias": "false"})
+    assert (enc.config.depth, enc.config.embed_dim, enc.config.qkv_bias) == (2, 64, False) and len(enc.blocks) == 2
+    fe = FrontEndConfig.from_dict({"target_length": "512", "mean": "-4.5", "std": "3.5"})
+    assert (fe.target_length, fe.mean, fe.std) == (512, -4.5, 3.5)
+    with pytest.raises(ValueError, match="depth='two' must be int"):
+        build_encoder({"name": "vit_tiny", "depth": "two"})
