@@ -7,6 +7,8 @@ import typing
 from dataclasses import asdict, fields
 from typing import ClassVar, TypeVar
 
+from audiossl.errors import ConfigError
+
 T = TypeVar("T", bound="DictConfig")
 
 _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
@@ -37,7 +39,7 @@ def coerce_text(value, hint, name: str, kind: str):
             except ValueError:
                 pass
     wanted = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise ValueError(f"{kind} setting {name}={value!r} must be {wanted}")
+    raise ConfigError(f"{kind} setting {name}={value!r} must be {wanted}")
 
 
 class DictConfig:
@@ -54,6 +56,6 @@ class DictConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown {cls.kind} settings {sorted(unknown)}; valid: {sorted(known)}")
+            raise ConfigError(f"unknown {cls.kind} settings {sorted(unknown)}; valid: {sorted(known)}")
         hints = typing.get_type_hints(cls)
         return cls(**{k: coerce_text(v, hints.get(k, typing.Any), k, cls.kind) for k, v in d.items()})

@@ -56,6 +56,9 @@ class Stages:
         return time.perf_counter() - self.t0
 
 
+DEMO_RUNS = ("pretrain", "finetune/pretrained", "finetune/scratch", "finetune/linear_probe")
+
+
 def make_data(out: Path, unlabelled: int, labelled: int, eval_clips: int, workers: int) -> tuple[str, str]:
     from audiossl.data.writer import WriterOptions
     from data_prep.synth import convert
@@ -171,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     cfg = _configs_dir()
-    if (out / "runs").is_dir():  # the demo always trains afresh; its runs are its own
-        print(f"audiossl demo: replacing the previous demo runs in {out / 'runs'}", file=sys.stderr)
-        shutil.rmtree(out / "runs")
+    for run in DEMO_RUNS:  # the demo always trains afresh: its own run folders (and nothing else) are replaced
+        if (out / "runs" / run).is_dir():
+            print(f"audiossl demo: replacing the previous demo run {out / 'runs' / run}", file=sys.stderr)
+            shutil.rmtree(out / "runs" / run)
     S = Stages()
     pool, lab = S.run("data: synthetic corpus", make_data, out, args.unlabelled_clips, args.labelled_clips,
                       args.eval_clips, args.workers)

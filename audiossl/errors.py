@@ -17,6 +17,10 @@ class UserError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
+class ConfigError(UserError, ValueError):
+    """A setting that does not fit its config (an unknown key, text that is not the field's type)."""
+
+
 class DatasetError(UserError, ValueError):
     """A dataset folder, manifest or data setting that cannot be used as asked."""
 

@@ -413,10 +413,10 @@ def main(argv: list[str]) -> int:
         runner = OnnxRunner(Path(args.model) / ONNX_FILE) if args.onnx else None
     except (ExportError, CheckpointError, FileNotFoundError, RuntimeError) as e:
         print(f"audiossl predict: error: cannot load the model: {e}", file=sys.stderr)
-        return 2
+        return 1
     if not model.has_head:
         print(f"audiossl predict: error: {args.model}: {_no_head_reason()}", file=sys.stderr)
-        return 2
+        return 1
     failed = 0
     results = predict_files(model, args.files, args.top_k, args.batch_size, args.hop, args.aggregate, runner=runner,
                             device=None if runner is not None else device)

@@ -101,7 +101,8 @@ class AudioSSLCLI(LightningCLI):
                 "init_args": {"save_dir": root, "name": "", "version": ""},
             }
         callbacks = list(t.callbacks or [])
-        if not any("ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
+        # (a run's saved config.yaml already lists RunCheckpoint and RequeueOnSignal: not twice)
+        if not any(n in str(getattr(c, "class_path", c)) for c in callbacks for n in ("ModelCheckpoint", "RunCheckpoint")):
             callbacks.append({
                 "class_path": "audiossl.checkpointing.RunCheckpoint",
                 "init_args": {
@@ -210,14 +211,30 @@ def check_run_dir(root: str) -> None:
         )
 
 
-def check_resume(model, path: str) -> None:
+def run_encoder_config(model) -> dict | None:
+    """The encoder config this run builds (``None`` where only the ``init_from`` checkpoint knows it)."""
+    if getattr(model, "objective", None):
+        return model.encoder.config.to_dict()
+    if hasattr(model, "_encoder_config") and not model.hparams.get("init_from"):
+        return model._encoder_config()[0].to_dict()
+    return None
+
+
+def check_resume(model, path: str, datamodule=None) -> None:
     """Fail early, in one line, when ``path`` cannot resume this run: not an audiossl checkpoint, the other verb's
-    kind, another objective or another encoder (Lightning would print a long state-dict error instead)."""
+    kind, another objective, another encoder or (fine-tuning) other labels than the dataset's (Lightning would print
+    a long state-dict error instead)."""
     from audiossl.checkpoint import check_checkpoint, safe_torch_load
 
     meta = check_checkpoint(safe_torch_load(path, mmap=True), path)
     objective = getattr(model, "objective", None)
     kind = "pretrain" if objective else "classifier"
+    if kind == "classifier" and datamodule is not None and meta["kind"] == kind:
+        theirs, ours = list(meta.get("label_names") or []), list(datamodule.label_names)
+        if theirs != ours:
+            raise UserError(f"--ckpt_path {path} is a classifier of {len(theirs)} labels, the dataset "
+                            f"{datamodule.root} has {len(ours)} (first differences: "
+                            f"{[(a, b) for a, b in zip(theirs, ours) if a != b][:3]}); resume on the run's own data")
     if meta["kind"] != kind:
         hint = (" (to fine-tune a pretrained encoder, pass it as --model.init_from)" if meta["kind"] == "pretrain"
                 else " (a fine-tuned checkpoint cannot resume pretraining)")
@@ -225,24 +242,48 @@ def check_resume(model, path: str) -> None:
     if objective and meta.get("objective") != objective:
         raise UserError(f"--ckpt_path {path} was written by the {meta.get('objective')!r} objective; this run trains "
                         f"{objective!r} (use the config of that run)")
-    encoder = getattr(model, "encoder", None)
-    if objective and encoder is not None:
-        ours, theirs = encoder.config.to_dict(), meta["encoder"]
+    ours = run_encoder_config(model)
+    if ours is not None:
+        theirs = meta["encoder"]
         diff = [f"{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
-                for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+                for k in sorted(set(ours) | set(theirs)) if k != "drop_path" and ours.get(k) != theirs.get(k)]
         if diff:
             raise UserError(f"--ckpt_path {path} holds another encoder than this run builds: {'; '.join(diff[:6])}")
 
 
+def user_error_in_chain(exc: BaseException) -> UserError | None:
+    """The ``UserError`` behind ``exc``: jsonargparse re-raises what a constructor raised as its own ValueError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def run(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> int:
-    cli = build_cli(model_class, argv, default_root, subclass_mode)
+    try:
+        cli = build_cli(model_class, argv, default_root, subclass_mode)
+    except Exception as e:  # noqa: BLE001 - re-raised unless a user error explains it
+        user = user_error_in_chain(e)
+        if user is None:
+            raise
+        raise user from None
     ckpt_path = _ckpt_path(cli)
     if ckpt_path is None:
         check_run_dir(cli.trainer.default_root_dir)
     else:
-        check_resume(cli.model, ckpt_path)
+        check_resume(cli.model, ckpt_path, cli.datamodule)
     with _quiet_lightning(strip_argv=False):
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        except RuntimeError as e:  # a checkpoint whose weights do not fit in a way the checks above do not see
+            if ckpt_path is None or "Error(s) in loading state_dict" not in str(e):
+                raise
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+            raise UserError(f"--ckpt_path {ckpt_path} does not fit this run's model ({detail[:300]}"
+                            f"{' ...' if len(detail) > 300 else ''}); resume with the run's own config") from None
     return 0
 
 

@@ -32,7 +32,7 @@ from audiossl.data.labels import audioset_labels
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import input_file
+from audiossl.errors import UserError, input_file
 
 EVAL_SPLITS = ("eval",)
 
@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         convert(args.segments, args.audio_dir, args.out, options_from_args(args))
-    except ValueError as e:
-        print(f"audiossl prep audioset: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, UserError) as e:  # bad input: one line, status 1
+        print(f"audiossl prep audioset: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,7 @@ from audiossl.data.labels import esc50_labels
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
+from audiossl.errors import UserError
 
 META_COLUMNS = ("filename", "fold", "target", "category", "esc10")
 
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         convert(args.root, args.out, args.esc10, options_from_args(args))
-    except ValueError as e:
-        print(f"audiossl prep esc50: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, UserError) as e:  # bad input: one line, status 1
+        print(f"audiossl prep esc50: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

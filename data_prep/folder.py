@@ -31,7 +31,7 @@ from audiossl.data.labels import LabelSpace, read_label_file
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import input_file
+from audiossl.errors import UserError, input_file
 
 COLUMNS = ("path", "labels", "split", "fold")
 # first-line cells that mean "this is a header", so a header with other column names is an error, not a clip
@@ -63,7 +63,7 @@ def read_rows(csv_path: str | Path) -> list[Row]:
             raise ValueError(
                 f"{csv_path}: the header names columns {head}"
                 + (f"; unknown: {unknown}" if unknown else "") + (" and no 'path' column" if "path" not in head else "")
-                + f". Name the columns {', '.join(COLUMNS)} (path and labels at least), or drop the header line "
+                + f". Name the columns {', '.join(COLUMNS)} (path at least), or drop the header line "
                 "to use that order"
             )
         columns = {c: head.index(c) for c in COLUMNS if c in head}
@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         convert(args.csv, args.audio_root, args.out, args.labels, args.drop_unknown, args.multi_label,
                 options_from_args(args))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"audiossl prep folder: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, UserError) as e:  # bad input: one line, status 1
+        print(f"audiossl prep folder: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from audiossl.data.labels import LabelSpace
 from audiossl.data.writer import Clip, WriterOptions, add_writer_args, options_from_args, write_dataset
+from audiossl.errors import UserError
 
 SAMPLE_RATE = 16000
 GROUPS: dict[str, list[str]] = {
@@ -444,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         convert(args.out, args.num_clips, args.eval_clips, args.seed, args.clip_seconds, options_from_args(args))
-    except ValueError as e:
-        print(f"audiossl prep synth: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, UserError) as e:  # bad input: one line, status 1
+        print(f"audiossl prep synth: error: {e}", file=sys.stderr)
+        return 1
     for temporal in [False] * args.baseline + [True] * args.temporal_baseline:
         r = logreg_baseline(args.out, temporal)
         print(f"logistic regression on {r['features']}: eval mAP {r['map']:.3f}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -36,9 +37,9 @@ def one_error_line(capsys, verb: str, argv: list[str]) -> str:
     assert main([verb, *argv]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(f"audiossl {verb}: error: ")]
+    lines = [m for line in err.splitlines() if (m := re.match(rf"audiossl {verb}( \w+)?: error: (.*)", line))]
     assert len(lines) == 1, err
-    return lines[0][len(f"audiossl {verb}: error: "):]
+    return lines[0].group(2)
 
 
 def test_files_that_are_no_torch_checkpoint_are_named_as_such(files):
@@ -103,7 +104,11 @@ def test_resuming_from_the_wrong_checkpoint_fails_before_training(pretrained, sy
     msg = one_error_line(capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), *common,
                                               "--trainer.default_root_dir", str(tmp_path / "c")])
     assert "is a pretrain checkpoint" in msg and "--model.init_from" in msg
-    assert not any((tmp_path / d / "checkpoints").exists() for d in "abc")
+    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "eat_tiny.yaml"), *common,
+                                              "--trainer.default_root_dir", str(tmp_path / "d"),
+                                              "--model.init_args.decoder_layers", "2"])
+    assert "does not fit this run's model" in msg and "decoder." in msg
+    assert not any((tmp_path / d / "checkpoints").exists() for d in "abcd")
 
 
 def _tone(i: int):
@@ -170,3 +175,70 @@ def test_dotted_overrides_of_dict_settings_get_the_field_types():
     assert (fe.target_length, fe.mean, fe.std) == (512, -4.5, 3.5)
     with pytest.raises(ValueError, match="depth='two' must be int"):
         build_encoder({"name": "vit_tiny", "depth": "two"})
+
+
+def test_bad_dotted_overrides_are_one_line(synth_root, tmp_path, capsys):
+    base = ["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,
+            "--trainer.default_root_dir", str(tmp_path)]
+    assert "depth='two' must be int" in one_error_line(capsys, "pretrain", base + ["--model.init_args.encoder.depth", "two"])
+    assert "unknown encoder settings ['dept']" in one_error_line(
+        capsys, "pretrain", base + ["--model.init_args.encoder.dept", "2"])
+
+
+def test_a_run_resumes_from_its_own_saved_config(pretrained, tmp_path):
+    """``--config RUN/config.yaml`` lists the run's checkpoint callbacks already; they are not added twice."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(os.path.dirname(os.path.dirname(pretrained)), run)
+    text = (run / "config.yaml").read_text().replace(os.path.dirname(os.path.dirname(pretrained)), str(run))
+    (run / "config.yaml").write_text(text)
+    assert main(["pretrain", "--config", str(run / "config.yaml"), "--trainer.max_steps", "3",
+                 "--ckpt_path", "last"]) == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 3
+
+
+def test_demo_replaces_only_its_own_runs(tmp_path, monkeypatch):
+    """A re-run of the demo into a folder replaces the demo's run folders and leaves any other run alone."""
+    from audiossl import demo
+
+    mine = tmp_path / "runs" / "my_run" / "checkpoints"
+    mine.mkdir(parents=True)
+    (mine / "last.ckpt").write_bytes(b"precious")
+    old = tmp_path / "runs" / "pretrain" / "checkpoints"
+    old.mkdir(parents=True)
+    (old / "last.ckpt").write_bytes(b"old demo")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(demo.Stages, "run", stop)  # stop right after the clean-up
+    with pytest.raises(Stop):
+        demo.main(["--out", str(tmp_path)])
+    assert (mine / "last.ckpt").read_bytes() == b"precious"
+    assert not (tmp_path / "runs" / "pretrain").exists()
+
+
+def test_fine_tuning_resume_checks_labels_and_encoder(synth_root, tmp_path, capsys):
+    from audiossl.data import LabelSpace
+    from audiossl.data.writer import Clip, WriterOptions, write_dataset
+
+    run = str(tmp_path / "ft")
+    common = ["--config", config("finetune", "tiny.yaml"), "--data.num_workers", "0",
+              "--trainer.enable_progress_bar", "false"]
+    assert main(["finetune", *common, "--data.root", synth_root, "--trainer.max_steps", "1",
+                 "--trainer.default_root_dir", run]) == 0
+    ckpt = os.path.join(run, "checkpoints", "last.ckpt")
+    other = tmp_path / "other"
+    clips = [Clip(f"c{i}", "train", {"id": str(i), "labels": ["a"], "label_idx": [0]}, render=functools.partial(_tone, i))
+             for i in range(4)]
+    write_dataset(other, clips, labels=LabelSpace.from_names(["a"]), multi_label=False,
+                  options=WriterOptions(workers=0, progress=False))
+    resume = [*common, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "r"), "--ckpt_path", ckpt]
+    msg = one_error_line(capsys, "finetune", [*resume, "--data.root", str(other)])
+    assert "is a classifier of 16 labels, the dataset" in msg and "has 1" in msg
+    msg = one_error_line(capsys, "finetune", [*resume, "--data.root", synth_root, "--model.encoder.depth", "2"])
+    assert "another encoder" in msg and "depth: checkpoint 4 vs this run 2" in msg

@@ -208,7 +208,7 @@ def read_manifest(root: str | Path) -> Manifest:
     root = Path(root)
     path = manifest_path(root)
     if not path.is_file():
-        what = "does not exist" if not root.exists() else "has no manifest.json"
+        what = "does not exist" if not root.exists() else ("is a file" if root.is_file() else "has no manifest.json")
         raise DatasetNotFoundError(
             f"dataset folder {root} {what}: build it with `audiossl prep NAME ... --out {root}` "
             "(a folder whose conversion crashed has no manifest until a re-run completes)"

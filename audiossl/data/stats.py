@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = compute_stats(args.root, args.split, args.max_clips, args.seed, progress=not args.quiet)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"audiossl stats: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+        print(f"audiossl stats: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
     write_stats(args.root, stats)
     print(f"{args.root}: fbank mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['clips']} clips "
           f"({stats['frames']} frames) of {args.split}; written to manifest.json"

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiossl.config_dict import DictConfig
+from audiossl.errors import ConfigError
 from audiossl.models.blocks import BLOCK_STYLES, Block
 from audiossl.models.pos_embed import sincos_2d, sincos_2d_traceable
 
@@ -273,7 +274,7 @@ def list_encoders() -> list[str]:
 
 def encoder_config(name: str, **overrides) -> EncoderConfig:
     if name not in _DEFAULTS:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
+        raise ConfigError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
     return EncoderConfig.from_dict({**_DEFAULTS[name], **overrides})
 
 
@@ -294,5 +295,5 @@ def build_encoder(spec: dict | EncoderConfig | AudioEncoder) -> AudioEncoder:
     if name in _DEFAULTS:
         return create_encoder(name, **spec)
     if name:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
+        raise ConfigError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
     return AudioEncoder(EncoderConfig.from_dict(spec))

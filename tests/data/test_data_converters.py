@@ -88,10 +88,11 @@ def test_folder_fixed_label_space_unknown_labels(tmp_path, capsys):
     with pytest.raises(ValueError) as e:
         folder.convert(str(tmp_path / "list.csv"), str(a), str(tmp_path / "x"), labels_file=str(labels), options=OPTS)
     assert "'horn' (1 rows)" in str(e.value) and "--drop-unknown" in str(e.value)
-    # the same through the CLI: exit status 2 and the message
+    # the same through the CLI: exit status 1 and the message
     status = cli_main(["prep", "folder", "--csv", str(tmp_path / "list.csv"), "--audio-root", str(a),
                        "--labels", str(labels), "--out", str(tmp_path / "x"), "--workers", "0", "--quiet"])
-    assert status == 2 and "'horn'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert status == 1 and "audiossl prep folder: error:" in err and "'horn'" in err
     report = folder.convert(str(tmp_path / "list.csv"), str(a), str(tmp_path / "y"), labels_file=str(labels),
                             drop_unknown=True, options=OPTS)
     assert report.written == {"train": 3, "eval": 1}
