@@ -17,6 +17,7 @@ decoding. The same state is exposed by the loader, so Lightning treats it as res
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -307,7 +308,8 @@ class AudioDataModule(L.LightningDataModule):
         # Lightning warns that a sized IterableDataset may be "inaccurate" with workers; this one's length is exact.
         warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
         self._loader = _TrainLoader(
-            ds, datamodule=self, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
+            ds, datamodule=self, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            multiprocessing_context=self._worker_context(),
         )
         return self._loader
 
@@ -315,7 +317,21 @@ class AudioDataModule(L.LightningDataModule):
         ds = self.eval_dataset()
         if ds is None:
             return []
-        return DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          multiprocessing_context=self._worker_context())
+
+    def _worker_context(self):
+        """How worker processes start: from a fork server once torch.distributed runs, else the platform default.
+
+        A plain ``fork`` of a process whose communication threads (gloo, NCCL) may hold a lock can leave the child
+        hung before it runs a line (seen here: about 1 in 10 two-rank CPU runs stalled at the start of fitting). The
+        fork server is a clean single-threaded process that imports the data pipeline (and so torch) once; workers
+        are forked from it."""
+        if self.num_workers > 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["audiossl.data.pipeline"])
+            return ctx
+        return None
 
     def val_dataloader(self):
         """The evaluation set, each sample exactly once (an empty list when there is none)."""
