@@ -42,6 +42,12 @@ def coerce_text(value, hint, name: str, kind: str):
     raise ConfigError(f"{kind} setting {name}={value!r} must be {wanted}")
 
 
+def config_differences(ours: dict, theirs: dict, ignore: tuple = ()) -> dict[str, tuple]:
+    """``{key: (ours, theirs)}`` for each setting two config dicts disagree on (a key one side lacks reads None)."""
+    return {k: (ours.get(k), theirs.get(k)) for k in sorted(set(ours) | set(theirs))
+            if k not in ignore and ours.get(k) != theirs.get(k)}
+
+
 class DictConfig:
     """Mixin for ``@dataclass`` configs: ``to_dict()`` and ``from_dict()``, rejecting unknown keys by name and
     turning numbers/booleans given as text into the field's type."""

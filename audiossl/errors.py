@@ -69,9 +69,8 @@ def output_file(path: str | Path, what: str = "--out", inputs: tuple = (), creat
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{what} {path} is a folder; give a file path")
-    for i in inputs:
-        if Path(i).exists() and path.exists() and path.resolve() == Path(i).resolve():
-            raise OutputPathError(f"{what} {path} is the input file; refusing to overwrite it")
+    if path.exists() and any(Path(i).exists() and path.samefile(i) for i in inputs):
+        raise OutputPathError(f"{what} {path} is the input file; refusing to overwrite it")
     output_dir(path.parent, f"the folder of {what}", create)
     return path
 

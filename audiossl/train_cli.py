@@ -225,16 +225,12 @@ def check_resume(model, path: str, datamodule=None) -> None:
     kind, another objective, another encoder or (fine-tuning) other labels than the dataset's (Lightning would print
     a long state-dict error instead)."""
     from audiossl.checkpoint import check_checkpoint, safe_torch_load
+    from audiossl.config_dict import config_differences
+    from audiossl.models.encoder import WEIGHT_NEUTRAL
 
     meta = check_checkpoint(safe_torch_load(path, mmap=True), path)
     objective = getattr(model, "objective", None)
     kind = "pretrain" if objective else "classifier"
-    if kind == "classifier" and datamodule is not None and meta["kind"] == kind:
-        theirs, ours = list(meta.get("label_names") or []), list(datamodule.label_names)
-        if theirs != ours:
-            raise UserError(f"--ckpt_path {path} is a classifier of {len(theirs)} labels, the dataset "
-                            f"{datamodule.root} has {len(ours)} (first differences: "
-                            f"{[(a, b) for a, b in zip(theirs, ours) if a != b][:3]}); resume on the run's own data")
     if meta["kind"] != kind:
         hint = (" (to fine-tune a pretrained encoder, pass it as --model.init_from)" if meta["kind"] == "pretrain"
                 else " (a fine-tuned checkpoint cannot resume pretraining)")
@@ -242,13 +238,18 @@ def check_resume(model, path: str, datamodule=None) -> None:
     if objective and meta.get("objective") != objective:
         raise UserError(f"--ckpt_path {path} was written by the {meta.get('objective')!r} objective; this run trains "
                         f"{objective!r} (use the config of that run)")
+    if kind == "classifier" and datamodule is not None:
+        theirs, ours = list(meta.get("label_names") or []), list(datamodule.label_names)
+        if theirs != ours:
+            raise UserError(f"--ckpt_path {path} is a classifier of {len(theirs)} labels, the dataset "
+                            f"{datamodule.root} has {len(ours)} (first differences: "
+                            f"{[(a, b) for a, b in zip(theirs, ours) if a != b][:3]}); resume on the run's own data")
     ours = run_encoder_config(model)
     if ours is not None:
-        theirs = meta["encoder"]
-        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
-                for k in sorted(set(ours) | set(theirs)) if k != "drop_path" and ours.get(k) != theirs.get(k)]
-        if diff:
-            raise UserError(f"--ckpt_path {path} holds another encoder than this run builds: {'; '.join(diff[:6])}")
+        diffs = config_differences(ours, meta["encoder"], WEIGHT_NEUTRAL)
+        if diffs:
+            listed = "; ".join(f"{k}: checkpoint {b!r} vs this run {a!r}" for k, (a, b) in list(diffs.items())[:6])
+            raise UserError(f"--ckpt_path {path} holds another encoder than this run builds: {listed}")
 
 
 def user_error_in_chain(exc: BaseException) -> UserError | None:

@@ -10,3 +10,18 @@ Each runs as ``audiossl prep NAME ... --out DIR`` or ``python -m data_prep.NAME 
 """
 
 CONVERTERS = ("folder", "esc50", "audioset", "synth")
+
+
+def report_bad_input(name: str, run) -> int:
+    """Call ``run()`` (a converter); bad input (a ``ValueError`` or ``audiossl.errors.UserError``) becomes one line,
+    ``audiossl prep NAME: error: ...``, and status 1. Returns 0 on success."""
+    import sys
+
+    from audiossl.errors import UserError
+
+    try:
+        run()
+    except (ValueError, UserError) as e:
+        print(f"audiossl prep {name}: error: {e}", file=sys.stderr)
+        return 1
+    return 0

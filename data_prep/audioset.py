@@ -32,7 +32,8 @@ from audiossl.data.labels import audioset_labels
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import UserError, input_file
+from audiossl.errors import input_file
+from data_prep import report_bad_input
 
 EVAL_SPLITS = ("eval",)
 
@@ -177,12 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio-dir", required=True, help="folder holding the downloaded clips (searched recursively)")
     add_writer_args(p)
     args = p.parse_args(argv)
-    try:
-        convert(args.segments, args.audio_dir, args.out, options_from_args(args))
-    except (ValueError, UserError) as e:  # bad input: one line, status 1
-        print(f"audiossl prep audioset: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return report_bad_input("audioset", lambda: convert(args.segments, args.audio_dir, args.out,
+                                                        options_from_args(args)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from audiossl.data.labels import esc50_labels
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import UserError
+from data_prep import report_bad_input
 
 META_COLUMNS = ("filename", "fold", "target", "category", "esc10")
 
@@ -95,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--esc10", action="store_true", help="only the ESC-10 subset (10 classes, 400 clips)")
     add_writer_args(p)
     args = p.parse_args(argv)
-    try:
-        convert(args.root, args.out, args.esc10, options_from_args(args))
-    except (ValueError, UserError) as e:  # bad input: one line, status 1
-        print(f"audiossl prep esc50: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return report_bad_input("esc50", lambda: convert(args.root, args.out, args.esc10, options_from_args(args)))
 
 
 if __name__ == "__main__":

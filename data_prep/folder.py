@@ -31,7 +31,8 @@ from audiossl.data.labels import LabelSpace, read_label_file
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import UserError, input_file
+from audiossl.errors import input_file
+from data_prep import report_bad_input
 
 COLUMNS = ("path", "labels", "split", "fold")
 # first-line cells that mean "this is a header", so a header with other column names is an error, not a clip
@@ -177,13 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     kind.add_argument("--single-label", dest="multi_label", action="store_false")
     add_writer_args(p)
     args = p.parse_args(argv)
-    try:
-        convert(args.csv, args.audio_root, args.out, args.labels, args.drop_unknown, args.multi_label,
-                options_from_args(args))
-    except (ValueError, UserError) as e:  # bad input: one line, status 1
-        print(f"audiossl prep folder: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return report_bad_input("folder", lambda: convert(args.csv, args.audio_root, args.out, args.labels,
+                                                      args.drop_unknown, args.multi_label, options_from_args(args)))
 
 
 if __name__ == "__main__":

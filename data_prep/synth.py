@@ -34,7 +34,7 @@ import numpy as np
 
 from audiossl.data.labels import LabelSpace
 from audiossl.data.writer import Clip, WriterOptions, add_writer_args, options_from_args, write_dataset
-from audiossl.errors import UserError
+from data_prep import report_bad_input
 
 SAMPLE_RATE = 16000
 GROUPS: dict[str, list[str]] = {
@@ -443,11 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                    "with --baseline both are printed)")
     add_writer_args(p)
     args = p.parse_args(argv)
-    try:
-        convert(args.out, args.num_clips, args.eval_clips, args.seed, args.clip_seconds, options_from_args(args))
-    except (ValueError, UserError) as e:  # bad input: one line, status 1
-        print(f"audiossl prep synth: error: {e}", file=sys.stderr)
-        return 1
+    status = report_bad_input("synth", lambda: convert(args.out, args.num_clips, args.eval_clips, args.seed,
+                                                       args.clip_seconds, options_from_args(args)))
+    if status:
+        return status
     for temporal in [False] * args.baseline + [True] * args.temporal_baseline:
         r = logreg_baseline(args.out, temporal)
         print(f"logistic regression on {r['features']}: eval mAP {r['map']:.3f}")

@@ -94,20 +94,18 @@ def test_a_fresh_run_refuses_a_run_directory_that_holds_checkpoints(pretrained, 
 def test_resuming_from_the_wrong_checkpoint_fails_before_training(pretrained, synth_root, tmp_path, capsys):
     common = ["--data.root", synth_root, "--trainer.max_steps", "3", "--data.num_workers", "0",
               "--trainer.enable_progress_bar", "false", "--ckpt_path", pretrained]
-    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "mae_tiny.yaml"), *common,
-                                              "--trainer.default_root_dir", str(tmp_path / "a")])
-    assert "written by the 'eat' objective" in msg and "'mae'" in msg
-    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "eat_tiny.yaml"), *common,
-                                              "--trainer.default_root_dir", str(tmp_path / "b"),
-                                              "--model.init_args.encoder.depth", "2"])
-    assert "another encoder" in msg and "depth: checkpoint 4 vs this run 2" in msg
-    msg = one_error_line(capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), *common,
-                                              "--trainer.default_root_dir", str(tmp_path / "c")])
-    assert "is a pretrain checkpoint" in msg and "--model.init_from" in msg
-    msg = one_error_line(capsys, "pretrain", ["--config", config("pretrain", "eat_tiny.yaml"), *common,
-                                              "--trainer.default_root_dir", str(tmp_path / "d"),
-                                              "--model.init_args.decoder_layers", "2"])
-    assert "does not fit this run's model" in msg and "decoder." in msg
+    cases = [  # (run dir, verb, config, extra arguments, what the message must say); the checkpoint is an EAT one
+        ("a", "pretrain", ("pretrain", "mae_tiny.yaml"), [], ["written by the 'eat' objective", "'mae'"]),
+        ("b", "pretrain", ("pretrain", "eat_tiny.yaml"), ["--model.init_args.encoder.depth", "2"],
+         ["another encoder", "depth: checkpoint 4 vs this run 2"]),
+        ("c", "finetune", ("finetune", "tiny.yaml"), [], ["is a pretrain checkpoint", "--model.init_from"]),
+        ("d", "pretrain", ("pretrain", "eat_tiny.yaml"), ["--model.init_args.decoder_layers", "2"],
+         ["does not fit this run's model", "decoder."]),
+    ]
+    for run, verb, cfg, extra, expected in cases:
+        msg = one_error_line(capsys, verb, ["--config", config(*cfg), *common,
+                                            "--trainer.default_root_dir", str(tmp_path / run), *extra])
+        assert all(e in msg for e in expected), (run, msg)
     assert not any((tmp_path / d / "checkpoints").exists() for d in "abcd")
 
 

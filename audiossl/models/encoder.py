@@ -272,6 +272,10 @@ def list_encoders() -> list[str]:
     return sorted(_DEFAULTS)
 
 
+# Settings that do not change the weights: two encoders differing only in these load each other's state dicts.
+WEIGHT_NEUTRAL = ("name", "drop_path")
+
+
 def encoder_config(name: str, **overrides) -> EncoderConfig:
     if name not in _DEFAULTS:
         raise ConfigError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")

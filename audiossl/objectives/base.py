@@ -174,24 +174,27 @@ class PretrainModule(L.LightningModule):
         teacher when it has one (``teacher.model.*``: SSLAM stage 2 continues EAT's teacher, as fairseq's
         ``continue_once`` restores ``_ema``), else from its student, with a warning."""
         from audiossl.checkpoint import CheckpointError, encoder_from_checkpoint, read_checkpoint
+        from audiossl.config_dict import config_differences
+        from audiossl.models.encoder import WEIGHT_NEUTRAL
 
-        enc, _ = encoder_from_checkpoint(path)
-        ours, theirs = self.encoder.config.to_dict(), enc.config.to_dict()
-        diffs = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k] and k not in ("name", "drop_path")}
+        src = read_checkpoint(path) if os.path.isfile(path) else path  # read once: student and teacher come from it
+        try:
+            enc, _ = encoder_from_checkpoint(src)
+        except CheckpointError as e:
+            raise CheckpointError(f"init_from {path}: {e}") from None
+        diffs = config_differences(self.encoder.config.to_dict(), enc.config.to_dict(), WEIGHT_NEUTRAL)
         if diffs:
-            raise ValueError(f"init_from {path}: the encoder settings differ (ours, checkpoint's): {diffs}")
+            raise CheckpointError(f"init_from {path}: the encoder settings differ (ours, checkpoint's): {diffs}")
         self.encoder.load_state_dict(enc.state_dict())
         teacher = getattr(self, "teacher", None)
         if not isinstance(teacher, EMATeacher):
             return
         source = enc
-        if os.path.isfile(path):
-            ckpt = read_checkpoint(path)
-            if any(k.startswith("teacher.model.") for k in ckpt.get("state_dict", {})):
-                try:
-                    source, _ = encoder_from_checkpoint(ckpt, prefix="teacher.model.")
-                except CheckpointError as e:
-                    raise ValueError(f"init_from {path}: its EMA teacher does not load: {e}") from None
+        if isinstance(src, dict) and any(k.startswith("teacher.model.") for k in src.get("state_dict", {})):
+            try:
+                source, _ = encoder_from_checkpoint(src, prefix="teacher.model.")
+            except CheckpointError as e:
+                raise CheckpointError(f"init_from {path}: its EMA teacher does not load: {e}") from None
         if source is enc:
             rank_zero_warn(f"init_from {path} holds no EMA teacher: the teacher starts as a copy of the student")
         teacher.model.load_state_dict(source.state_dict())
