@@ -1,23 +1,33 @@
 # Two commands on a fresh machine:
 #   make demo   - build the synthetic corpus, pretrain, fine-tune, evaluate, export, print a results table
 #   make test   - the whole test suite
-# Both create .venv and install the project (with torch/torchaudio/torchvision pinned together) when needed.
+# Both build .venv from the lock (requirements/lock.txt, exact versions and hashes) when it is missing or older than
+# the lock, and check that torch, torchvision, torchaudio and audiossl load together before anything else.
+#
+#   make lock         - recompile the lock from pyproject.toml + requirements/stack.in (uv pip compile)
+#   make test-latest  - the suite in .venv-latest, built from the newest releases pyproject.toml's ranges allow
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
 STAMP  := $(VENV)/.audiossl-installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
+LATEST ?= .venv-latest
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install lock test-latest bench clean
 
-$(STAMP): pyproject.toml
+# A venv older than the lock is rebuilt from scratch, so it holds exactly what the lock lists.
+$(STAMP): $(LOCK) pyproject.toml
+	@if [ -d $(VENV) ] && [ -f $(STAMP) ] && [ $(LOCK) -nt $(STAMP) ]; then echo "$(LOCK) changed: rebuilding $(VENV)"; rm -rf $(VENV); fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade --quiet "pip>=24"
-	# One pip call: torch, torchaudio and torchvision are pinned together in pyproject.toml.
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -c "import torch, torchaudio, torchvision, audiossl; print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, 'audiossl', audiossl.__version__)"
+	# One resolver call over the whole lock (every package pinned with its hashes; nothing else is resolved) ...
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	# ... then the project itself, editable, with no further dependencies and no download.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check --disable-pip-version-check
+	$(BIN)/python requirements/check_env.py --lock $(LOCK)
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +40,22 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/audiossl bench
+
+# uv comes from the lock itself; the lock targets the CI/dev platform (Linux x86_64, CPython 3.11).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml requirements/stack.in --extra test --extra onnx \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
+	  --custom-compile-command "make lock" --output-file $(LOCK)
+
+# Not part of CI (a second multi-GB install). uv resolves the newest releases the ranges allow, ignoring the lock and
+# any pip constraint of the machine; run it before moving the lock and when a dependency announces a release.
+test-latest: $(STAMP)
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(BIN)/uv pip install --python $(LATEST)/bin/python --resolution highest -e ".[test,onnx]"
+	$(LATEST)/bin/python requirements/check_env.py
+	$(LATEST)/bin/python -m pip freeze > $(LATEST)/freeze.txt
+	$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

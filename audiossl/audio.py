@@ -1,13 +1,20 @@
 """Audio decoding and encoding.
 
 ``load`` turns a file path or raw bytes into a mono float32 waveform at the requested rate (soundfile decodes
-wav/flac/ogg, and mp3 where libsndfile supports it; stereo is averaged; ``torchaudio.functional.resample`` changes
-the rate). Every way an input can be bad raises ``AudioDecodeError`` naming the input and the reason.
+wav/flac/ogg, and mp3 where libsndfile supports it; stereo is averaged; ``resample`` changes the rate). Every way an
+input can be bad raises ``AudioDecodeError`` naming the input and the reason.
+
+``resample`` is the band-limited windowed-sinc resampler of the reference recipes (torchaudio's ``resample`` with
+its defaults: Hann-windowed sinc, 6 zero crossings, roll-off 0.99), written in plain torch so the runtime does not
+depend on torchaudio's compiled library, which loads only beside the torch build it was made for. A test checks it
+against ``torchaudio.functional.resample``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
 from pathlib import Path
 from typing import Union
@@ -114,13 +121,49 @@ def load(src: Source, sample_rate: int | None = 16000) -> torch.Tensor:
     return load_with_rate(src, sample_rate)[0]
 
 
-def resample(wave: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
-    """``torchaudio.functional.resample`` (windowed sinc, the reference implementations' resampler)."""
-    import torchaudio.functional as AF
+@functools.lru_cache(maxsize=16)
+def _sinc_kernel(orig: int, new: int, zero_crossings: int, rolloff: float, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """The polyphase filter bank for ``orig -> new`` (both already divided by their gcd): ``[new, 1, 2 * width + orig]``
+    taps, ``width`` input samples of context on each side.
 
+    Output phase ``j`` (time ``j / new``) weighs input sample ``i`` (time ``i / orig``) by a sinc low-pass at
+    ``rolloff * min(orig, new)`` evaluated at their distance, tapered by a Hann window over ``zero_crossings`` lobes.
+    """
+    cutoff = min(orig, new) * rolloff
+    width = math.ceil(zero_crossings * orig / cutoff)
+    inputs = torch.arange(-width, width + orig, dtype=dtype, device=device)[None, None] / orig  # [1, 1, taps]
+    phases = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None, None] / new  # [new, 1, 1]
+    x = (phases + inputs) * cutoff  # distance in periods of the cut-off
+    x = x.clamp_(-zero_crossings, zero_crossings)
+    taper = torch.cos(x * math.pi / zero_crossings / 2) ** 2
+    x *= math.pi
+    kernel = torch.where(x == 0, torch.ones((), dtype=dtype, device=device), x.sin() / x)
+    kernel *= taper * (cutoff / orig)
+    return kernel, width
+
+
+def resample(wave: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+    """Band-limited resampling of ``[..., N]`` from ``orig_freq`` to ``new_freq`` Hz -> ``[..., ceil(N * new / orig)]``.
+
+    Equal to ``torchaudio.functional.resample(wave, orig_freq, new_freq)`` with its defaults (tested), on any device.
+    """
+    if orig_freq <= 0 or new_freq <= 0 or int(orig_freq) != orig_freq or int(new_freq) != new_freq:
+        raise ValueError(f"sample rates must be positive integers, got {orig_freq} -> {new_freq}")
     if orig_freq == new_freq:
         return wave
-    return AF.resample(wave, orig_freq=int(orig_freq), new_freq=int(new_freq))
+    if not wave.is_floating_point():
+        raise TypeError(f"resample expects a floating-point waveform, got {wave.dtype}")
+    g = math.gcd(int(orig_freq), int(new_freq))
+    orig, new = int(orig_freq) // g, int(new_freq) // g
+    kernel, width = _sinc_kernel(orig, new, 6, 0.99, wave.device, wave.dtype)
+    shape = wave.shape
+    x = wave.reshape(-1, shape[-1])  # [R, N]
+    n = x.shape[-1]
+    x = torch.nn.functional.pad(x, (width, width + orig))
+    y = torch.nn.functional.conv1d(x[:, None], kernel, stride=orig)  # [R, new, ceil-ish(N / orig)]
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, : math.ceil(new * n / orig)]  # phases interleaved in time
+    return y.reshape(*shape[:-1], y.shape[-1])
 
 
 def encode_flac(wave: torch.Tensor | np.ndarray, sample_rate: int) -> bytes:

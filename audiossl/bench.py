@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from audiossl.errors import UserError
+
 
 def machine() -> dict:
     info = {
@@ -83,7 +85,11 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: str 
 
 # --- front end ------------------------------------------------------------------------------------------------------
 def bench_fbank(clips: int = 64, seconds: float = 10.0, repeats: int = 5, device: str = "cpu") -> dict:
-    from torchaudio.compliance import kaldi
+    try:  # the baseline; the runtime itself does not need torchaudio
+        from torchaudio.compliance import kaldi
+    except (ImportError, OSError) as e:
+        raise UserError(f"bench fbank compares with torchaudio, which does not load here ({e}); install the "
+                        "[test] extra (or a torchaudio built for this torch)") from None
 
     from audiossl.features import kaldi_fbank
 

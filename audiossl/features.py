@@ -44,6 +44,33 @@ ESC50_MEAN = -6.627
 ESC50_STD = 5.359
 
 
+def _mel(freq):
+    """Kaldi's mel scale, ``1127 ln(1 + f / 700)`` (a float or a tensor)."""
+    return 1127.0 * (1.0 + freq / 700.0).log() if torch.is_tensor(freq) else 1127.0 * math.log(1.0 + freq / 700.0)
+
+
+def kaldi_mel_banks(num_bins: int, n_fft: int, sample_rate: float, low_freq: float, high_freq: float) -> torch.Tensor:
+    """Kaldi's triangular mel filters over the FFT bins ``0 .. n_fft/2 - 1``: ``[num_bins, n_fft // 2]`` float32.
+
+    Band ``b`` rises from mel ``lo + b * d`` to ``lo + (b + 1) * d`` and falls to ``lo + (b + 2) * d``, with
+    ``d = (mel(high) - mel(low)) / (num_bins + 1)``; the slopes are linear in mel. Computed in float32 in the order
+    torchaudio's ``kaldi.get_mel_banks`` uses (no VTLN warp), so the two are equal to the last bit (tested).
+    """
+    if num_bins < 1 or n_fft % 2 or not 0.0 <= low_freq < high_freq <= 0.5 * sample_rate:
+        raise ValueError(f"bad mel bank settings: {num_bins} bins, n_fft {n_fft}, {low_freq}-{high_freq} Hz "
+                         f"at {sample_rate} Hz")
+    mel_lo, mel_hi = _mel(low_freq), _mel(high_freq)
+    delta = (mel_hi - mel_lo) / (num_bins + 1)
+    band = torch.arange(num_bins).unsqueeze(1)  # [num_bins, 1]
+    left = mel_lo + band * delta
+    center = mel_lo + (band + 1.0) * delta
+    right = mel_lo + (band + 2.0) * delta
+    fft_mel = _mel(sample_rate / n_fft * torch.arange(n_fft / 2)).unsqueeze(0)  # [1, n_fft // 2]
+    rising = (fft_mel - left) / (center - left)
+    falling = (right - fft_mel) / (right - center)
+    return torch.max(torch.zeros(1), torch.min(rising, falling))
+
+
 def _next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -51,8 +78,6 @@ def _next_pow2(n: int) -> int:
 @functools.lru_cache(maxsize=32)
 def _fbank_constants(sample_rate: float, num_mel_bins: int, frame_length: float, frame_shift: float):
     """Window, mel matrix groups and frame geometry for one setting (CPU float64 masters, cast per call)."""
-    from torchaudio.compliance.kaldi import get_mel_banks
-
     win_len = int(sample_rate * frame_length * 0.001)
     hop = int(sample_rate * frame_shift * 0.001)
     if win_len < 2 or hop < 1:
@@ -61,8 +86,8 @@ def _fbank_constants(sample_rate: float, num_mel_bins: int, frame_length: float,
     high = 0.5 * sample_rate
     if num_mel_bins < 1 or _LOW_FREQ >= high:
         raise ValueError(f"num_mel_bins must be >= 1 and the sample rate above {2 * _LOW_FREQ} Hz")
-    # get_mel_banks returns [num_mel_bins, n_fft // 2]; the Nyquist bin has weight 0 (torchaudio pads it the same way).
-    mel, _ = get_mel_banks(num_mel_bins, n_fft, float(sample_rate), _LOW_FREQ, 0.0, 100.0, -500.0, 1.0)
+    # [num_mel_bins, n_fft // 2]; the Nyquist bin gets weight 0 (torchaudio pads it the same way).
+    mel = kaldi_mel_banks(num_mel_bins, n_fft, float(sample_rate), _LOW_FREQ, 0.5 * sample_rate)
     mel = torch.nn.functional.pad(mel, (0, 1)).T.to(torch.float64)  # [n_fft//2 + 1, num_mel_bins]
     # Split the bands into groups and keep, per group, only the FFT bins where some band of the group is non-zero.
     groups = []

@@ -99,3 +99,49 @@ def test_wrong_extension_still_decodes_by_content(tmp_path):
     sf.write(buf, tone(16000), 16000, format="FLAC")
     (tmp_path / "really_flac.wav").write_bytes(buf.getvalue())
     assert load(tmp_path / "really_flac.wav").shape[0] == 16000
+
+
+@pytest.mark.parametrize("src,dst", [(44100, 16000), (48000, 16000), (8000, 16000), (22050, 16000), (16000, 44100),
+                                     (32000, 16000), (11025, 16000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_resample_equals_torchaudio(src, dst, dtype):
+    from audiossl.audio import resample
+
+    g = torch.Generator().manual_seed(src)
+    x = torch.randn(2, 3, src // 3 + 11, generator=g, dtype=dtype)  # batched, odd length
+    ours, ref = resample(x, src, dst), AF.resample(x, src, dst)
+    assert ours.shape == ref.shape and ours.dtype == dtype
+    assert torch.equal(ours, ref), (ours - ref).abs().max()
+
+
+def test_resample_bad_rates():
+    from audiossl.audio import resample
+
+    with pytest.raises(ValueError):
+        resample(torch.zeros(100), 44100.5, 16000)
+    with pytest.raises(ValueError):
+        resample(torch.zeros(100), 0, 16000)
+    with pytest.raises(TypeError):
+        resample(torch.zeros(100, dtype=torch.int16), 8000, 16000)
+    x = torch.randn(50)
+    assert resample(x, 16000, 16000) is x
+
+
+def test_runtime_does_not_import_torchaudio(tmp_path):
+    """Decoding with resampling, the front end and a model forward never load torchaudio's compiled library."""
+    import subprocess
+    import sys
+
+    sf.write(tmp_path / "a.wav", tone(44100), 44100)
+    code = (
+        "import sys, torch\n"
+        "from audiossl.audio import load\n"
+        "from audiossl.features import FrontEnd\n"
+        "from audiossl.models.classifier import AudioClassifier\n"
+        f"w = load({str(tmp_path / 'a.wav')!r})\n"
+        "m = AudioClassifier({'name': 'vit_tiny', 'depth': 1}, {'num_classes': 3}, {'target_length': 128})\n"
+        "m(m.front_end(w[None]))\n"
+        "assert 'torchaudio' not in sys.modules, sorted(k for k in sys.modules if 'torchaudio' in k)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -50,6 +50,16 @@ def test_fbank_matches_torchaudio(n):
         assert err <= 1e-3, f"{name} at {n} samples: max abs diff {err}"
 
 
+@pytest.mark.parametrize("bins,n_fft,sr,high", [(128, 512, 16000.0, 8000.0), (64, 256, 8000.0, 4000.0),
+                                                (80, 1024, 44100.0, 22050.0), (23, 512, 16000.0, 7000.0)])
+def test_mel_banks_equal_torchaudio_bit_for_bit(bins, n_fft, sr, high):
+    from audiossl.features import kaldi_mel_banks
+
+    ref, _ = kaldi.get_mel_banks(bins, n_fft, sr, 20.0, 0.0 if high == sr / 2 else high, 100.0, -500.0, 1.0)
+    ours = kaldi_mel_banks(bins, n_fft, sr, 20.0, high)
+    assert ours.dtype == ref.dtype and torch.equal(ours, ref)
+
+
 def test_silence_hits_log_floor():
     out = kaldi_fbank(torch.zeros(2, 4000))
     assert torch.allclose(out, torch.full_like(out, math.log(torch.finfo(torch.float32).eps)))
