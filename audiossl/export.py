@@ -125,14 +125,15 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
 
 # --- ONNX --------------------------------------------------------------------------------------------------------
 class _OnnxGraph(nn.Module):
-    """The exported function: normalised fbank -> (logits,) embedding, frame embeddings."""
+    """The exported function: normalised fbank (and, with a padding mask, real frames per row) -> (logits,)
+    embedding, frame embeddings."""
 
     def __init__(self, model: AudioClassifier):
         super().__init__()
         self.model = model
 
-    def forward(self, fbank: torch.Tensor):
-        emb, frames = self.model.forward_features(fbank)  # [B, D], [B, N, D]
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None):
+        emb, frames = self.model.forward_features(fbank, num_frames)  # [B, D], [B, N, D]
         if self.model.head is None:
             return emb, frames
         return self.model.head(emb), emb, frames
@@ -147,9 +148,15 @@ def onnx_dynamic_time(model: AudioClassifier) -> bool:
     return model.encoder.pos_table is None
 
 
+def onnx_takes_frames(model: AudioClassifier) -> bool:
+    """Whether the graph has the ``num_frames [B]`` input (models whose front end masks padding)."""
+    return bool(model.front_end.config.mask_padding)
+
+
 def export_onnx(model: AudioClassifier, path: str | os.PathLike, opset: int = 17, verify: bool = True) -> dict:
-    """Write ``model`` as ONNX (input ``fbank [B, T, F]``) and, with ``verify``, check it against PyTorch with
-    onnxruntime at two batch sizes and (when the time axis is dynamic) two lengths. Returns a report dict."""
+    """Write ``model`` as ONNX (inputs ``fbank [B, T, F]`` and, when the model masks padding, ``num_frames [B]``
+    int64, the real frames of each row) and, with ``verify``, check it against PyTorch with onnxruntime at two batch
+    sizes, padded rows and (when the time axis is dynamic) two lengths. Returns a report dict."""
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -169,11 +176,16 @@ def _export_onnx(model: AudioClassifier, path: Path, opset: int, verify: bool) -
     axes = {"fbank": in_axes, "embedding": {0: "batch"}, "frame_embeddings": {0: "batch", 1: "patches"}}
     if model.has_head:
         axes["logits"] = {0: "batch"}
-    example = torch.zeros(2, fe.target_length, fe.num_mel_bins)
+    example = (torch.zeros(2, fe.target_length, fe.num_mel_bins),)
+    inputs = ["fbank"]
+    if onnx_takes_frames(model):
+        example += (torch.tensor([fe.target_length, max(1, fe.target_length // 2)]),)
+        inputs.append("num_frames")
+        axes["num_frames"] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
         torch.onnx.export(
-            _OnnxGraph(model), (example,), str(path), dynamo=False, opset_version=opset, input_names=["fbank"],
+            _OnnxGraph(model), example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
             output_names=names, dynamic_axes=axes, do_constant_folding=True,
         )
     report = {"path": str(path), "outputs": names, "dynamic_time": dynamic_time, "opset": opset}
@@ -182,16 +194,21 @@ def _export_onnx(model: AudioClassifier, path: Path, opset: int, verify: bool) -
     return report
 
 
-def parity_inputs(model: AudioClassifier, dynamic_time: bool | None = None, seed: int = 0) -> list[torch.Tensor]:
-    """Normalised-fbank-like inputs for a parity check: batch 1 and 3, at the target length and (dynamic time only)
-    at about half of it."""
+def parity_inputs(model: AudioClassifier, dynamic_time: bool | None = None,
+                  seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(normalised-fbank-like input, real frames per row or ``None``) pairs for a parity check: batch 1 and 3, at the
+    target length and (dynamic time only) at about half of it; the batch of 3 has padded rows when the model masks
+    padding."""
     fe = model.front_end.config
     dynamic_time = onnx_dynamic_time(model) if dynamic_time is None else dynamic_time
     g = torch.Generator().manual_seed(seed)
     p = model.encoder.config.patch_size
     short = max(p, (fe.target_length // 2) - 3) if dynamic_time else fe.target_length
-    return [torch.randn(1, fe.target_length, fe.num_mel_bins, generator=g) * 0.5,
-            torch.randn(3, short, fe.num_mel_bins, generator=g) * 0.5]
+    frames = onnx_takes_frames(model)
+    full = torch.tensor([fe.target_length]) if frames else None
+    padded = torch.tensor([short, max(1, short // 2), min(short, p + 1)]) if frames else None
+    return [(torch.randn(1, fe.target_length, fe.num_mel_bins, generator=g) * 0.5, full),
+            (torch.randn(3, short, fe.num_mel_bins, generator=g) * 0.5, padded)]
 
 
 def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: float = ONNX_TOLERANCE) -> float:
@@ -200,10 +217,10 @@ def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: floa
 
     runner = OnnxRunner(path)
     worst = 0.0
-    for x in parity_inputs(model):
+    for x, frames in parity_inputs(model):
         with torch.no_grad():
-            ref = _OnnxGraph(model.eval().cpu())(x)
-        got = runner.run(x)
+            ref = _OnnxGraph(model.eval().cpu())(x, frames)
+        got = runner.run(x, num_frames=frames)
         for name, r in zip(onnx_output_names(model), ref):
             g = torch.from_numpy(got[name])
             if g.shape != r.shape:

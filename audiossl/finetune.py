@@ -167,9 +167,10 @@ class FinetuneModule(L.LightningModule):
         g.manual_seed((int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62))
         return g
 
-    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
+        """Waveforms ``[B, N]`` -> (normalised fbank ``[B, T, F]`` in fp32, real frames ``[B]`` or ``None``)."""
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float(), num_samples=num_samples)
+            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
 
     def soft_targets(self, target: torch.Tensor) -> torch.Tensor:
         """Multi-hot stays; class indices -> one-hot with label smoothing (for mixup's soft cross-entropy)."""
@@ -193,18 +194,20 @@ class FinetuneModule(L.LightningModule):
         audio = batch["audio"]
         if hp.roll:
             audio = roll_and_gain(audio, g, batch.get("num_samples"))
-        x = self.features(audio, batch.get("num_samples"))  # [B, T, F]
+        x, frames = self.features(audio, batch.get("num_samples"))  # [B, T, F], [B] real frames
         target = batch["target"]
         mixed = False
         if hp.mixup > 0:
             x, target, lam = mixup(x, self.soft_targets(target), hp.mixup, hp.mixup_prob, g)
             mixed = lam < 1.0
+            if mixed and frames is not None:  # a mixture holds audio wherever either of its clips does
+                frames = torch.maximum(frames, frames.flip(0))
         if hp.specaug_ratio > 0:
             fe = self.front_end.config
             x = spec_augment(x, fe.num_mel_bins * hp.specaug_ratio, fe.target_length * hp.specaug_ratio, g)
         if hp.freeze_encoder:
             self.model.encoder.eval()
-        logits = self.model(x)
+        logits = self.model(x, frames)
         loss = self.loss(logits, target.float() if self.model.multi_label else target, mixed)
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -214,7 +217,7 @@ class FinetuneModule(L.LightningModule):
         self._scores, self._targets, self._keys = [], [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.model(self.features(batch["audio"], batch.get("num_samples")))
+        logits = self.model(*self.features(batch["audio"], batch.get("num_samples")))
         scores = torch.sigmoid(logits.float()) if self.model.multi_label else torch.softmax(logits.float(), -1)
         self._scores.append(scores)
         self._targets.append(batch["target"].float() if self.model.multi_label else batch["target"].long())

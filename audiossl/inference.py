@@ -98,16 +98,26 @@ def log_mel(front_end, wave: torch.Tensor, name: str = "the audio") -> torch.Ten
     return feats
 
 
-def window_batch(front_end, feats: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
-    """Windows of ``length`` frames from ``feats [T, F]`` -> model input ``[W, target_length, F]`` (each padded or
-    cropped and normalised exactly as ``front_end`` does for a clip of that length)."""
+def window_batch(front_end, feats: torch.Tensor, starts: list[int],
+                 length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Windows of ``length`` frames from ``feats [T, F]`` -> (model input ``[W, target_length, F]``, real frames per
+    window ``[W]`` or ``None`` when the front end does not mask padding): each window padded or cropped and
+    normalised exactly as ``front_end`` does for a clip of that length."""
     target = front_end.config.target_length
     out = torch.zeros(len(starts), target, feats.shape[1], dtype=feats.dtype)  # zero = padding in the log-mel domain
     n = min(length, target)
+    real = torch.empty(len(starts), dtype=torch.long)
     for i, s in enumerate(starts):
         piece = feats[s : s + n]
         out[i, : piece.shape[0]] = piece
-    return front_end.normalize(out)
+        real[i] = max(1, piece.shape[0])
+    return front_end.normalize(out), (real if front_end.config.mask_padding else None)
+
+
+def cat_windows(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate ``window_batch`` outputs along the batch."""
+    x = torch.cat([p[0] for p in parts])
+    return x, (None if parts[0][1] is None else torch.cat([p[1] for p in parts]))
 
 
 def aggregate_probabilities(probs: torch.Tensor, how: str) -> torch.Tensor:
@@ -127,7 +137,8 @@ def top_k_labels(probs: torch.Tensor, labels: list[str], k: int) -> list[tuple[s
 
 # --- runners: normalised fbank [B, T, F] -> outputs ------------------------------------------------------------------
 class TorchRunner:
-    """Runs the PyTorch model; ``run(fbank)`` -> ``{"logits", "embedding", "frame_embeddings"}`` (CPU tensors)."""
+    """Runs the PyTorch model; ``run(fbank, num_frames=None)`` -> ``{"logits", "embedding", "frame_embeddings"}``
+    (CPU tensors); ``num_frames [B]``: real frames per row (the padding mask)."""
 
     def __init__(self, model: AudioClassifier, device: str | torch.device | None = None):
         self.model = model.eval()
@@ -135,9 +146,10 @@ class TorchRunner:
         self.model.to(self.device)
 
     @torch.inference_mode()
-    def run(self, fbank: torch.Tensor, want_frames: bool = False) -> dict:
+    def run(self, fbank: torch.Tensor, want_frames: bool = False, num_frames: torch.Tensor | None = None) -> dict:
         x = fbank.to(self.device, non_blocking=True)
-        emb, frames = self.model.forward_features(x)
+        n = None if num_frames is None else num_frames.to(self.device)
+        emb, frames = self.model.forward_features(x, n)
         out = {"embedding": emb.float().cpu()}
         if want_frames:
             out["frame_embeddings"] = frames.float().cpu()
@@ -162,10 +174,17 @@ class OnnxRunner:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.takes_frames = "num_frames" in {i.name for i in self.session.get_inputs()}
 
-    def run(self, fbank, want_frames: bool = True) -> dict:
+    def run(self, fbank, want_frames: bool = True, num_frames=None) -> dict:
+        """``num_frames [B]``: real frames per row, for graphs exported with a padding mask (default: all real)."""
         x = fbank.detach().cpu().numpy() if torch.is_tensor(fbank) else np.asarray(fbank)
-        return dict(zip(self.output_names, self.session.run(None, {"fbank": x.astype(np.float32, copy=False)})))
+        feed = {"fbank": x.astype(np.float32, copy=False)}
+        if self.takes_frames:
+            n = np.full(x.shape[0], x.shape[1]) if num_frames is None else (
+                num_frames.cpu().numpy() if torch.is_tensor(num_frames) else np.asarray(num_frames))
+            feed["num_frames"] = n.astype(np.int64)
+        return dict(zip(self.output_names, self.session.run(None, feed)))
 
 
 class _TorchOut:
@@ -174,8 +193,8 @@ class _TorchOut:
     def __init__(self, runner: OnnxRunner):
         self.runner = runner
 
-    def run(self, fbank: torch.Tensor, want_frames: bool = False) -> dict:
-        return {k: torch.from_numpy(v) for k, v in self.runner.run(fbank).items()}
+    def run(self, fbank: torch.Tensor, want_frames: bool = False, num_frames: torch.Tensor | None = None) -> dict:
+        return {k: torch.from_numpy(v) for k, v in self.runner.run(fbank, num_frames=num_frames).items()}
 
 
 def make_runner(model: AudioClassifier, runner=None, device=None):
@@ -293,7 +312,8 @@ def predict_files(
             if item.scheduled:
                 item.feats = None  # its windows are cut: free the file's log-mel
         if batch:
-            probs = model.probabilities(run.run(torch.cat(batch))["logits"].float())  # [B, C]
+            x, frames = cat_windows(batch)
+            probs = model.probabilities(run.run(x, num_frames=frames)["logits"].float())  # [B, C]
             for (item, idx), p in zip(owners, probs):
                 item.probs.append((idx, p))
         while pending and pending[0].done:
@@ -344,8 +364,8 @@ def windowed_probabilities(model: AudioClassifier, audio: AudioInput, window: fl
     run = make_runner(model, runner)
     probs = []
     for i in range(0, len(starts), batch_size):
-        x = window_batch(fe, feats, starts[i : i + batch_size], win)
-        probs.append(model.probabilities(run.run(x)["logits"].float()))
+        x, frames = window_batch(fe, feats, starts[i : i + batch_size], win)
+        probs.append(model.probabilities(run.run(x, num_frames=frames)["logits"].float()))
     seconds = torch.tensor(starts, dtype=torch.float64) * c.frame_shift / 1000.0
     return seconds, torch.cat(probs), feats
 
@@ -366,11 +386,16 @@ def embed(model: AudioClassifier, audio: AudioInput, sample_rate: int | None = N
     run = make_runner(model, runner)
     embs, frames = [], []
     for i in range(0, len(starts), batch_size):
-        out = run.run(window_batch(fe, feats, starts[i : i + batch_size], window), want_frames=True)
+        x, real = window_batch(fe, feats, starts[i : i + batch_size], window)
+        out = run.run(x, want_frames=True, num_frames=real)
         embs.append(out["embedding"].float())
-        frames.append(out["frame_embeddings"].float())
-    embs, frames = torch.cat(embs), torch.cat(frames)  # [W, D], [W, N, D]
-    return embs.mean(dim=0), frames.reshape(-1, frames.shape[-1])
+        toks = out["frame_embeddings"].float()  # [w, N, D]
+        if real is not None:  # drop the padding patches of the last window
+            valid = model.encoder.patch_valid(real, model.encoder.grid_shape(x.shape[1]))
+            if valid is not None:
+                toks = [t[v] for t, v in zip(toks, valid)]
+        frames.extend(list(toks))
+    return torch.cat(embs).mean(dim=0), torch.cat(frames)
 
 
 # --- the verb ----------------------------------------------------------------------------------------------------

@@ -31,8 +31,10 @@ class HeadConfig(DictConfig):
 
 
 
-def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
-    """``[B, P + N, D]`` -> ``[B, D]``."""
+def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, P + N, D]`` -> ``[B, D]``; ``valid [B, N]`` (padding mask, True = real patch) restricts ``mean`` to the
+    real patches (the prefix tokens attended to real patches only already)."""
     if pool == "cls":
         if num_prefix_tokens < 1:
             raise ValueError("pool='cls' needs an encoder with a CLS token")
@@ -40,7 +42,11 @@ def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torc
     if pool == "prefix":
         return tokens[:, :num_prefix_tokens].mean(dim=1)
     if pool == "mean":
-        return tokens[:, num_prefix_tokens:].mean(dim=1)
+        patches = tokens[:, num_prefix_tokens:]
+        if valid is None:
+            return patches.mean(dim=1)
+        w = valid.to(patches.dtype)[..., None]  # [B, N, 1]
+        return (patches * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
     raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
 
 
@@ -143,18 +149,29 @@ class AudioClassifier(nn.Module):
             pool=d.get("pool"),
         )
 
-    def forward_features(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``)."""
-        tokens = self.encoder(fbank)
-        P = self.encoder.num_prefix_tokens
-        return pool_tokens(tokens, self._pool, P), tokens[:, P:]
+    def forward_features(self, fbank: torch.Tensor,
+                         num_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``). ``num_frames [B]`` (real
+        frames per row, ``front_end(..., return_frames=True)``) keeps padding out of attention and pooling; the patch
+        tokens at padding positions are then meaningless."""
+        enc = self.encoder
+        patches, valid = enc.embed_padded(fbank, num_frames)
+        tokens = enc.forward_tokens(patches, valid=valid)
+        P = enc.num_prefix_tokens
+        return pool_tokens(tokens, self._pool, P, valid), tokens[:, P:]
 
-    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Normalised front-end output ``[B, T, F]`` -> logits ``[B, num_classes]``."""
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised front-end output ``[B, T, F]`` (and real frames per row ``[B]``) -> logits ``[B, num_classes]``."""
         if self.head is None:
             raise MissingHeadError(_NO_HEAD)
-        pooled, _ = self.forward_features(fbank)
+        pooled, _ = self.forward_features(fbank, num_frames)
         return self.head(pooled)
+
+    def logits_from_audio(self, waveforms: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Waveforms ``[B, N]`` at the front end's rate (``num_samples [B]``: real length of zero-padded rows) ->
+        logits ``[B, C]``, with the padding mask when the front end asks for it."""
+        x, frames = self.front_end(waveforms, num_samples=num_samples, return_frames=True)
+        return self(x, frames)
 
     # --- user-facing inference (implemented in audiossl.inference) ---------------------------------------------
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """``PretrainModule``: what every self-supervised objective shares.
 
-A subclass implements ``compute_loss(fbank, generator) -> dict`` (a scalar ``loss`` plus anything to log) and, if it
-has a teacher, ``teacher_update``. The base owns:
+A subclass implements ``compute_loss(fbank, generator, num_frames=None) -> dict`` (a scalar ``loss`` plus anything to
+log; ``num_frames [B]``: real frames per row, for the padding mask, ``None`` when nothing is masked) and, if it has a
+teacher, ``teacher_update``. The base owns:
 
 * the student encoder (built from a registry spec) and the device-side front end — waveforms arrive from the data
   workers, the fbank runs here, on the training device;
@@ -209,17 +210,19 @@ class PretrainModule(L.LightningModule):
         g.manual_seed(seed)
         return g
 
-    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
-        """Waveforms ``[B, N]`` -> normalised fbank ``[B, T, F]`` on the module's device, in fp32."""
+    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
+        """Waveforms ``[B, N]`` -> (normalised fbank ``[B, T, F]`` on the module's device in fp32, real frames ``[B]``
+        or ``None`` when the front end does not mask padding)."""
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float(), num_samples=num_samples)
+            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
 
-    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
+                     num_frames: torch.Tensor | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        fbank = self.features(batch["audio"], batch.get("num_samples"))
-        out = self.compute_loss(fbank, self.step_generator(batch_idx))
+        fbank, frames = self.features(batch["audio"], batch.get("num_samples"))
+        out = self.compute_loss(fbank, self.step_generator(batch_idx), frames)
         B = fbank.shape[0]
         logs = {f"train/{k}": (v.detach() if torch.is_tensor(v) else v) for k, v in out.items() if k != "loss"}
         logs["train/loss"] = out["loss"].detach()
