@@ -11,7 +11,8 @@ An exported model is a directory:
                         ``embedding [B, D]``, ``frame_embeddings [B, N, D]``; batch and time are dynamic (time is
                         fixed for models with a learned position table, e.g. imported AST).
 
-``load_model(DIR)`` rebuilds the model without Lightning and without unpickling.
+``load_model(DIR)`` rebuilds the model without Lightning and without unpickling (it lives in ``audiossl.checkpoint``
+with the other readers and is re-exported here; this module writes).
 """
 
 from __future__ import annotations
@@ -27,20 +28,16 @@ import torch
 import torch.nn as nn
 
 from audiossl import __version__
+from audiossl.checkpoint import (  # noqa: F401  (reading exports lives with reading checkpoints; re-exported here)
+    CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_model, model_from_checkpoint, read_config, read_safetensors,
+)
 from audiossl.data.manifest import atomic_write
-from audiossl.errors import UserError, output_dir
+from audiossl.errors import CheckpointError, ExportError, output_dir
 from audiossl.models.classifier import AudioClassifier
+from audiossl.runners import OnnxRunner
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4
-
-
-class ExportError(UserError, ValueError):
-    """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
-
 
 # --- safetensors + JSON ------------------------------------------------------------------------------------------
 def save_model(model: AudioClassifier, out_dir: str | os.PathLike) -> Path:
@@ -63,64 +60,6 @@ def save_model(model: AudioClassifier, out_dir: str | os.PathLike) -> Path:
     os.replace(tmp, out / WEIGHTS_FILE)
     atomic_write(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return out
-
-
-def read_safetensors(path: str | os.PathLike) -> dict:
-    """The tensors of a ``.safetensors`` file; ``ExportError`` when it is damaged or not one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ExportError(f"cannot read {path}: {e} (a truncated or corrupt safetensors file?)") from None
-
-
-def read_config(model_dir: str | os.PathLike) -> dict:
-    d = Path(model_dir)
-    if not d.exists():
-        raise ExportError(f"model directory {d} does not exist")
-    if not d.is_dir():
-        raise ExportError(f"{d} is a file, not an exported model directory (audiossl export CKPT --out DIR makes one)")
-    cfg_path = d / CONFIG_FILE
-    if not cfg_path.exists():
-        raise ExportError(f"{d} has no {CONFIG_FILE}: not an audiossl model directory (audiossl export / convert make one)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{cfg_path} is not valid JSON: {e}") from None
-    version = config.get("format_version")
-    if not isinstance(version, int):
-        raise ExportError(f"{cfg_path} has no integer format_version: not an audiossl export")
-    if version > FORMAT_VERSION:
-        raise ExportError(
-            f"{cfg_path} has format_version {version}; this audiossl ({__version__}) reads up to {FORMAT_VERSION}: "
-            f"upgrade audiossl"
-        )
-    return config
-
-
-def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
-    """Rebuild an exported model (eval mode) from ``DIR/config.json`` + ``DIR/model.safetensors``.
-
-    Also accepts an audiossl checkpoint file (``.ckpt``), read with ``weights_only=True``.
-    """
-    from audiossl.checkpoint import load_weights, model_from_checkpoint
-
-    path = Path(model_dir)
-    if path.is_file() and path.suffix in (".ckpt", ".pt", ".pth"):
-        return model_from_checkpoint(path).to(device)
-    config = read_config(path)
-    model_cfg = {k: v for k, v in config.items() if k not in ("format_version", "audiossl_version")}
-    try:
-        model = AudioClassifier.from_config_dict(model_cfg)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ExportError(f"{path / CONFIG_FILE} does not describe a model this audiossl can build: {e}") from None
-    weights = path / WEIGHTS_FILE
-    if not weights.exists():
-        raise ExportError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    load_weights(model, read_safetensors(weights), f"the model in {path}")
-    return model.eval().to(device)
 
 
 # --- ONNX --------------------------------------------------------------------------------------------------------
@@ -213,8 +152,6 @@ def parity_inputs(model: AudioClassifier, dynamic_time: bool | None = None,
 
 def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: float = ONNX_TOLERANCE) -> float:
     """Largest |onnxruntime - PyTorch| over all outputs on ``parity_inputs``; raises ``ExportError`` above tolerance."""
-    from audiossl.inference import OnnxRunner
-
     runner = OnnxRunner(path)
     worst = 0.0
     for x, frames in parity_inputs(model):
@@ -235,8 +172,6 @@ def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: floa
 def export_checkpoint(ckpt, out_dir: str | os.PathLike, onnx: bool = False, opset: int = 17) -> dict:
     """An audiossl checkpoint (path or loaded dict) -> export directory (+ ``model.onnx``). Classifier checkpoints give
     a classifier; pretraining checkpoints an encoder-only model. Returns a report dict."""
-    from audiossl.checkpoint import model_from_checkpoint
-
     model = model_from_checkpoint(ckpt)
     out = save_model(model, out_dir)
     report = {
@@ -262,8 +197,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--onnx", action="store_true", help="also write model.onnx (normalised fbank -> logits, embeddings)")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     args = ap.parse_args(argv)
-    from audiossl.checkpoint import CheckpointError
-
     try:
         report = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, opset=args.opset)
     except (CheckpointError, ExportError) as e:

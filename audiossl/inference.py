@@ -11,20 +11,20 @@ a long file is padding. Window probabilities (sigmoid for multi-label models, so
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Union
 
 import numpy as np
 import torch
 
 from audiossl import audio as audio_io
-from audiossl.models.classifier import AudioClassifier, MissingHeadError
+from audiossl.errors import MissingHeadError
+from audiossl.runners import OnnxRunner, TorchRunner, make_runner  # noqa: F401  (part of this module's API)
+
+if TYPE_CHECKING:
+    from audiossl.models.classifier import AudioClassifier
 
 AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, torch.Tensor, np.ndarray]
 AGGREGATIONS = ("max", "mean")
@@ -133,76 +133,6 @@ def top_k_labels(probs: torch.Tensor, labels: list[str], k: int) -> list[tuple[s
     k = max(1, min(int(k), probs.numel()))
     values, idx = probs.topk(k)
     return [(labels[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
-
-
-# --- runners: normalised fbank [B, T, F] -> outputs ------------------------------------------------------------------
-class TorchRunner:
-    """Runs the PyTorch model; ``run(fbank, num_frames=None)`` -> ``{"logits", "embedding", "frame_embeddings"}``
-    (CPU tensors); ``num_frames [B]``: real frames per row (the padding mask)."""
-
-    def __init__(self, model: AudioClassifier, device: str | torch.device | None = None):
-        self.model = model.eval()
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model.to(self.device)
-
-    @torch.inference_mode()
-    def run(self, fbank: torch.Tensor, want_frames: bool = False, num_frames: torch.Tensor | None = None) -> dict:
-        x = fbank.to(self.device, non_blocking=True)
-        n = None if num_frames is None else num_frames.to(self.device)
-        emb, frames = self.model.forward_features(x, n)
-        out = {"embedding": emb.float().cpu()}
-        if want_frames:
-            out["frame_embeddings"] = frames.float().cpu()
-        if self.model.head is not None:
-            out["logits"] = self.model.head(emb).float().cpu()
-        return out
-
-
-class OnnxRunner:
-    """Runs ``model.onnx`` with onnxruntime; ``run(fbank)`` -> dict of numpy arrays by output name (all outputs)."""
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeError("ONNX inference needs onnxruntime: pip install 'audiossl[onnx]'") from None
-        if not Path(path).exists():
-            raise FileNotFoundError(f"no ONNX model at {path} (audiossl export CKPT --out DIR --onnx writes one)")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.takes_frames = "num_frames" in {i.name for i in self.session.get_inputs()}
-
-    def run(self, fbank, want_frames: bool = True, num_frames=None) -> dict:
-        """``num_frames [B]``: real frames per row, for graphs exported with a padding mask (default: all real)."""
-        x = fbank.detach().cpu().numpy() if torch.is_tensor(fbank) else np.asarray(fbank)
-        feed = {"fbank": x.astype(np.float32, copy=False)}
-        if self.takes_frames:
-            n = np.full(x.shape[0], x.shape[1]) if num_frames is None else (
-                num_frames.cpu().numpy() if torch.is_tensor(num_frames) else np.asarray(num_frames))
-            feed["num_frames"] = n.astype(np.int64)
-        return dict(zip(self.output_names, self.session.run(None, feed)))
-
-
-class _TorchOut:
-    """Adapts an ``OnnxRunner`` to the ``TorchRunner`` interface (tensors out)."""
-
-    def __init__(self, runner: OnnxRunner):
-        self.runner = runner
-
-    def run(self, fbank: torch.Tensor, want_frames: bool = False, num_frames: torch.Tensor | None = None) -> dict:
-        return {k: torch.from_numpy(v) for k, v in self.runner.run(fbank, num_frames=num_frames).items()}
-
-
-def make_runner(model: AudioClassifier, runner=None, device=None):
-    if runner is None:
-        return TorchRunner(model, device)
-    if isinstance(runner, OnnxRunner):
-        return _TorchOut(runner)
-    return runner
 
 
 # --- predict -----------------------------------------------------------------------------------------------------
@@ -396,69 +326,3 @@ def embed(model: AudioClassifier, audio: AudioInput, sample_rate: int | None = N
                 toks = [t[v] for t, v in zip(toks, valid)]
         frames.extend(list(toks))
     return torch.cat(embs).mean(dim=0), torch.cat(frames)
-
-
-# --- the verb ----------------------------------------------------------------------------------------------------
-def _format_text(r: FileResult) -> str:
-    head = f"{r.source}  ({r.duration:.2f} s, {r.windows} window{'s' if r.windows != 1 else ''})"
-    return "\n".join([head] + [f"  {p:.4f}  {label}" for label, p in r.predictions])
-
-
-def main(argv: list[str]) -> int:
-    """``audiossl predict FILES... --model DIR``."""
-    ap = argparse.ArgumentParser(
-        prog="audiossl predict",
-        description="Print the top-k labels of audio files (any rate, mono or stereo, wav/flac/ogg/...). Files "
-        "longer than the model's window are cut into windows --hop seconds apart and the window probabilities "
-        "aggregated. A file that cannot be read gets an error line on stderr; the others still run; the exit "
-        "status is 1 if any file failed.",
-    )
-    ap.add_argument("files", nargs="+", help="audio files")
-    ap.add_argument("--model", required=True, help="exported model directory (audiossl export / convert)")
-    ap.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
-    ap.add_argument("--json", action="store_true", help="one JSON object per file per line instead of text")
-    ap.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, across files (default 8)")
-    ap.add_argument("--hop", type=float, default=None, help="seconds between windows of long files (default: half a window)")
-    ap.add_argument("--aggregate", choices=AGGREGATIONS, default="max", help="window aggregation (default max)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    ap.add_argument("--onnx", action="store_true", help="run DIR/model.onnx with onnxruntime instead of PyTorch")
-    args = ap.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        ap.error("--top-k and --batch-size must be at least 1")
-    if args.hop is not None and args.hop <= 0:
-        ap.error("--hop must be positive (seconds)")
-    from audiossl.errors import resolve_device
-
-    device = resolve_device(args.device)
-    from audiossl.checkpoint import CheckpointError
-    from audiossl.export import ONNX_FILE, ExportError, load_model
-
-    try:
-        model = load_model(args.model)
-        runner = OnnxRunner(Path(args.model) / ONNX_FILE) if args.onnx else None
-    except (ExportError, CheckpointError, FileNotFoundError, RuntimeError) as e:
-        print(f"audiossl predict: error: cannot load the model: {e}", file=sys.stderr)
-        return 1
-    if not model.has_head:
-        print(f"audiossl predict: error: {args.model}: {_no_head_reason()}", file=sys.stderr)
-        return 1
-    failed = 0
-    results = predict_files(model, args.files, args.top_k, args.batch_size, args.hop, args.aggregate, runner=runner,
-                            device=None if runner is not None else device)
-    for r in _progress(results, len(args.files)):
-        if r.error is not None:
-            failed += 1
-            print(f"audiossl predict: error: {r.error}", file=sys.stderr, flush=True)
-            continue
-        print(json.dumps(r.to_json()) if args.json else _format_text(r), flush=True)
-    if failed:
-        print(f"audiossl predict: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _progress(it, total: int):
-    if total < 8:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=total, desc="predict", unit="file", leave=False, disable=None)

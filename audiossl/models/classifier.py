@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from audiossl.config_dict import DictConfig
-from audiossl.errors import UserError
+from audiossl import inference
+from audiossl.errors import MissingHeadError
 from audiossl.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 
@@ -65,10 +66,6 @@ class ClassifierHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(pooled))  # [B, C]
-
-
-class MissingHeadError(UserError, RuntimeError):
-    """Classification asked of a model that has no classifier head (an encoder exported from pretraining)."""
 
 
 class AudioClassifier(nn.Module):
@@ -173,7 +170,7 @@ class AudioClassifier(nn.Module):
         x, frames = self.front_end(waveforms, num_samples=num_samples, return_frames=True)
         return self(x, frames)
 
-    # --- user-facing inference (implemented in audiossl.inference) ---------------------------------------------
+    # --- user-facing inference (implemented in audiossl.inference, which knows models only by their methods) -----
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., C]`` -> class probabilities: sigmoid for multi-label models, softmax otherwise."""
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
@@ -184,17 +181,13 @@ class AudioClassifier(nn.Module):
         ``[channels, N]``, at ``sample_rate``, default the model's rate). Clips longer than the model's window are
         cut into windows ``hop`` seconds apart (default: half a window) and the window probabilities aggregated
         (``max`` or ``mean``)."""
-        from audiossl.inference import predict
-
-        return predict(self, audio, top_k=top_k, sample_rate=sample_rate, hop=hop, aggregate=aggregate)
+        return inference.predict(self, audio, top_k=top_k, sample_rate=sample_rate, hop=hop, aggregate=aggregate)
 
     def embed(self, audio, sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(clip embedding ``[D]``, frame embeddings ``[N, D]``) for one clip (path, bytes or waveform). Clips longer
         than a window are cut into back-to-back windows: the clip embedding is the mean over windows, the frame
         embeddings are every window's patch tokens, window after window."""
-        from audiossl.inference import embed
-
-        return embed(self, audio, sample_rate=sample_rate)
+        return inference.embed(self, audio, sample_rate=sample_rate)
 
 
 _NO_HEAD = (
