@@ -5,9 +5,14 @@
 * ``mixup`` (normalised spectrograms ``[B, T, F]`` and soft targets ``[B, C]``): one ``lam ~ Beta(alpha, alpha)``
   per batch, applied with probability ``prob``; the partner of clip ``i`` is clip ``B - 1 - i`` (timm's "batch" mode:
   the flipped batch); ``x = lam x + (1 - lam) x_flip``, ``y = lam y + (1 - lam) y_flip``.
-* ``spec_augment`` (``[B, T, F]``): per clip, one frequency mask of width ``U[0, freq_param)`` and one time mask of
-  width ``U[0, time_param)`` at uniform positions, set to 0 (the normalised mean), as torchaudio's
-  ``FrequencyMasking``/``TimeMasking`` with ``iid_masks=True``. EAT sizes them by a ratio:
+* ``mix_pairs`` (waveforms ``[B, N]``, AST/AudioMAE dataset mixup): each clip, with probability ``prob``, is mixed
+  with a uniformly drawn *other* clip of the batch (AST draws a random clip of the whole training set), its own
+  ``lam ~ Beta(alpha, alpha)`` (AST: Beta(10, 10)); the partner is cut to (or zero-padded beyond) the clip's own
+  length, ``w = lam w + (1 - lam) w_partner``, ``y = lam y + (1 - lam) y_partner``.
+* ``spec_augment`` (``[B, T, F]``): per clip, one frequency mask and one time mask as torchaudio's
+  ``FrequencyMasking``/``TimeMasking`` (``mask_along_axis_iid``): ``width = U * param``, ``start = U * (size -
+  width)``, masking ``[floor(start), floor(start) + floor(width))``, set to ``fill`` (0: the normalised mean; AST and
+  AudioMAE mask before normalising, which is ``fill = -mean / (2 std)`` after it). EAT sizes them by a ratio:
   ``freq_param = F * ratio``, ``time_param = target_length * ratio``.
 """
 
@@ -66,7 +71,29 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, prob: float = 1.0,
     return lam * x + (1.0 - lam) * x.flip(0), lam * y + (1.0 - lam) * y.flip(0), lam
 
 
-def _mask_along(x: torch.Tensor, param: float, dim: int, generator) -> torch.Tensor:
+def mix_pairs(wave: torch.Tensor, y: torch.Tensor, alpha: float, prob: float,
+              generator: torch.Generator | None = None,
+              num_samples: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AST-style mixup on waveforms ``[B, N]`` with soft targets ``[B, C]`` -> (waves, targets, lam ``[B]``; 1 where a
+    clip was not mixed). ``num_samples [B]``: each clip's real length; the partner is cut to it."""
+    B, N = wave.shape
+    lam = torch.ones(B, device=wave.device)
+    if alpha <= 0 or prob <= 0 or B < 2:
+        return wave, y, lam
+    dev = wave.device
+    apply = _rand((B,), generator, dev) < prob
+    partner = (torch.arange(B, device=dev) + 1 + (_rand((B,), generator, dev) * (B - 1)).long().clamp_max(B - 2)) % B
+    lam = torch.where(apply, beta(alpha, alpha, (B,), generator, dev).to(dev), lam)  # [B]
+    other = wave[partner]
+    if num_samples is not None:  # the partner cut to this clip's own length (AST: padded with zeros or cut)
+        n = num_samples.to(dev).reshape(-1, 1)
+        other = other * (torch.arange(N, device=dev)[None, :] < n).to(other.dtype)
+    lw = lam.to(wave.dtype)[:, None]
+    ly = lam.to(y.dtype)[:, None]
+    return lw * wave + (1.0 - lw) * other, ly * y + (1.0 - ly) * y[partner], lam
+
+
+def _mask_along(x: torch.Tensor, param: float, dim: int, generator, fill: float = 0.0) -> torch.Tensor:
     B = x.shape[0]
     size = x.shape[dim]
     if param <= 0:
@@ -74,14 +101,18 @@ def _mask_along(x: torch.Tensor, param: float, dim: int, generator) -> torch.Ten
     width = _rand((B,), generator, x.device) * param  # [B] in [0, param)
     start = _rand((B,), generator, x.device) * (size - width)  # [B] in [0, size - width)
     pos = torch.arange(size, device=x.device, dtype=x.dtype)
-    keep = (pos[None, :] < start[:, None].floor()) | (pos[None, :] >= (start + width)[:, None].floor())  # [B, size]
+    lo = start.floor()[:, None]
+    hide = (pos[None, :] >= lo) & (pos[None, :] < lo + width.floor()[:, None])  # [B, size], torchaudio's span
     shape = [B, 1, 1]
     shape[dim] = size
-    return x * keep.to(x.dtype).view(shape)
+    hide = hide.view(shape)
+    if fill == 0.0:
+        return x * (~hide).to(x.dtype)
+    return torch.where(hide, torch.full_like(x, fill), x)
 
 
 def spec_augment(x: torch.Tensor, freq_param: float, time_param: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[B, T, F]`` with one frequency and one time mask per clip (value 0)."""
-    x = _mask_along(x, freq_param, 2, generator)
-    return _mask_along(x, time_param, 1, generator)
+                 generator: torch.Generator | None = None, fill: float = 0.0) -> torch.Tensor:
+    """``[B, T, F]`` with one frequency and one time mask per clip (value ``fill``)."""
+    x = _mask_along(x, freq_param, 2, generator, fill)
+    return _mask_along(x, time_param, 1, generator, fill)

@@ -69,3 +69,22 @@ def _stops_after_this_step(trainer) -> bool:
         return True
     max_steps = trainer.max_steps
     return max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``checkpoints/best.ckpt``: the checkpoint with the highest ``val/selection`` so far (mAP for multi-label data,
+    accuracy otherwise), refreshed after each validation.
+
+    The references report this number (EAT/SSLAM ``best_checkpoint_metric``, AudioMAE "Max mAP"), but their
+    validation set is the evaluation set: the choice is **test-selected**, so it is an optimistic estimate. audiossl's
+    headline number stays the last checkpoint's; ``audiossl evaluate --best_ckpt_path`` reports both, labelled. A
+    validation that logged no ``val/selection`` (no evaluation data) is skipped silently."""
+
+    def __init__(self, dirpath: str, monitor: str = "val/selection", filename: str = "best"):
+        super().__init__(dirpath=dirpath, monitor=monitor, mode="max", filename=filename, save_top_k=1,
+                         save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self.monitor not in monitor_candidates:
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)

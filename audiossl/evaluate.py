@@ -1,11 +1,18 @@
 """``audiossl evaluate``: score a fine-tuned model on a dataset split, every clip exactly once.
 
     audiossl evaluate --ckpt_path CKPT_OR_EXPORT_DIR --data.root DIR [--data.eval_split eval | --data.eval_fold K] --out OUT
+        [--best_ckpt_path RUN/checkpoints/best.ckpt]
 
 Writes ``OUT/metrics.json`` (``mAP``, ``mAUC``, ``d_prime``, ``accuracy``, ``num_clips``, ...; ``null`` for a metric the
 data leaves undefined),
 ``OUT/predictions.npz`` (``keys``, ``scores``, ``targets``) and ``OUT/per_class.csv`` (index, name, AP, AUC,
 positives). Scores are sigmoid outputs for multi-label data and softmax outputs otherwise.
+
+``--best_ckpt_path`` (fine-tuning keeps ``best.ckpt``, the step with the highest in-training validation score) also
+scores that checkpoint, into ``OUT/best/``, and adds it to ``OUT/metrics.json`` under ``best_test_selected``: the
+references' headline numbers are of this kind (EAT/SSLAM keep the best checkpoint on the AudioSet eval set, AudioMAE
+prints "Max mAP", AST picks the ESC-50 epoch on the test folds), but a checkpoint chosen on the very data it is
+scored on is an optimistic estimate. The top-level numbers stay the ``--ckpt_path`` (last) checkpoint's.
 """
 
 from __future__ import annotations
@@ -104,6 +111,34 @@ def evaluate(model, datamodule, out: str | os.PathLike, device: str = "auto", pr
     return metrics
 
 
+SELECTION_NOTE = ("TEST-SELECTED: the checkpoint with the highest in-training validation score on this same evaluation "
+                  "data (as EAT/SSLAM/AudioMAE/AST report); optimistic, not a held-out estimate")
+HEADLINE = ("mAP", "mAUC", "d_prime", "accuracy", "num_clips")
+
+
+def checkpoint_step(path) -> int | None:
+    """The optimizer step a Lightning checkpoint was written at (``None`` for an export directory)."""
+    if Path(path).is_dir():
+        return None
+    from audiossl.checkpoint import safe_torch_load
+
+    step = safe_torch_load(path, mmap=True).get("global_step")
+    return int(step) if step is not None else None
+
+
+def label_checkpoints(out: Path, ckpt_path: str, best: dict | None = None, best_path: str | None = None) -> dict:
+    """Add to ``out/metrics.json`` which checkpoint its numbers are from (``checkpoint``: path, step, no selection)
+    and, with ``best``, the test-selected checkpoint's headline numbers under ``best_test_selected``."""
+    summary = json.loads((out / "metrics.json").read_text())
+    summary["checkpoint"] = {"path": str(ckpt_path), "step": checkpoint_step(ckpt_path),
+                             "selection": "none (the checkpoint given, normally the last)"}
+    if best is not None:
+        summary["best_test_selected"] = {**{k: _json_number(best[k]) for k in HEADLINE}, "path": str(best_path),
+                                         "step": checkpoint_step(best_path), "selection": SELECTION_NOTE}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
 def main(argv: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
@@ -111,6 +146,8 @@ def main(argv: list[str]) -> int:
 
     p = ArgumentParser(prog="audiossl evaluate", description=__doc__)
     p.add_argument("--ckpt_path", required=True, help="fine-tuning checkpoint (.ckpt) or export directory")
+    p.add_argument("--best_ckpt_path", default=None,
+                   help="also score this (test-selected) checkpoint, e.g. RUN/checkpoints/best.ckpt, into OUT/best")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_class_arguments(AudioDataModule, "data")
@@ -120,7 +157,14 @@ def main(argv: list[str]) -> int:
     model = load_classifier(cfg.ckpt_path)
     data_kwargs = {k: v for k, v in vars(cfg.data).items() if not k.startswith("__")}
     dm = AudioDataModule(**data_kwargs)
-    m = evaluate(model, dm, cfg.out, cfg.device)
-    print(json.dumps({k: m[k] for k in ("mAP", "mAUC", "d_prime", "accuracy", "num_clips", "split")}, indent=2))
-    print(f"wrote {cfg.out}/metrics.json, predictions.npz, per_class.csv", file=sys.stderr)
+    best_model = load_classifier(cfg.best_ckpt_path) if cfg.best_ckpt_path else None
+    evaluate(model, dm, cfg.out, cfg.device)
+    b = evaluate(best_model, dm, Path(cfg.out) / "best", cfg.device) if best_model is not None else None
+    summary = label_checkpoints(Path(cfg.out), cfg.ckpt_path, b, cfg.best_ckpt_path)
+    shown = {k: summary[k] for k in (*HEADLINE, "split")}
+    if b is not None:
+        shown["best_test_selected"] = summary["best_test_selected"]
+    print(json.dumps(shown, indent=2))
+    print(f"wrote {cfg.out}/metrics.json, predictions.npz, per_class.csv" + (" (+ best/)" if best_model else ""),
+          file=sys.stderr)
     return 0

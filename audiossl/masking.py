@@ -9,6 +9,8 @@ tensors; the models only consume them (``encoder(x, keep=keep)``, ``gather``/``s
                             random to exactly ``int(N * (1 - mask_ratio))`` (102 of 512 at the defaults).
 * ``jepa_masks``            A-JEPA: one context block and several target blocks; a curriculum moves the targets from
                             random blocks to time-frequency-aware strips (full-band time spans, full-time freq bands).
+* ``time_freq_keep``        AudioMAE fine-tuning (``random_masking_2d``): whole time rows and frequency columns are
+                            dropped; the kept patches are the crossings of the kept rows and columns.
 
 Padding. Each function takes an optional ``valid [B, N]`` (``AudioEncoder.patch_valid``: True where a patch holds
 real audio; real patches are the first time patches of a row). Masks are then drawn over each row's real patches
@@ -176,6 +178,42 @@ def _inverse_block_mask_padded(valid: torch.Tensor, grid: tuple[int, int], keep_
     score = torch.where(valid, vis.to(torch.float32) * 2.0 + _rand((B, N), generator, dev), -1.0)
     k = (real * keep_ratio).long().clamp_min(1)  # [B] exactly int(N_b * keep) visible
     return split_with_fillers(_top_per_row(score, k), valid)
+
+
+def time_freq_keep(
+    batch: int,
+    grid: tuple[int, int],
+    time_drop: float,
+    freq_drop: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """AudioMAE's fine-tuning patch dropping: per clip keep ``int(T * (1 - time_drop))`` time rows and
+    ``int(F * (1 - freq_drop))`` frequency columns, each a uniformly random subset; the kept patches are every
+    (kept row, kept column) pair. With ``valid`` the rows are drawn among each clip's real rows (``T_b`` of them,
+    at least one kept) and padding fillers keep the batch rectangular.
+
+    Returns keep ``[B, K]`` sorted ascending (time-major patch indices). AudioMAE keeps them in draw order; the
+    order is immaterial once the positions are added (mean pooling, attention)."""
+    T, Fp = grid
+    if not (0.0 <= time_drop < 1.0 and 0.0 <= freq_drop < 1.0):
+        raise ValueError(f"patch drop fractions must be in [0, 1), got ({time_drop}, {freq_drop})")
+    noise_t = _rand((batch, T), generator, device)
+    noise_f = _rand((batch, Fp), generator, device)
+    kf = max(1, int(Fp * (1 - freq_drop)))
+    cols = _top_per_row(-noise_f, torch.full((batch,), kf, device=noise_f.device))  # [B, F] kept columns
+    if valid is None:
+        real_t = torch.full((batch,), T, device=noise_t.device)
+    else:
+        real_t = valid.view(batch, T, Fp)[:, :, 0].sum(dim=1)
+    kt = (real_t.to(torch.float64) * (1 - time_drop)).long().clamp_min(1)  # int(T_b * (1 - p)), as AudioMAE's int()
+    in_real = torch.arange(T, device=noise_t.device)[None, :] < real_t[:, None]
+    rows = _top_per_row(torch.where(in_real, -noise_t, -2.0), kt)  # [B, T] kept (real) rows
+    sel = (rows[:, :, None] & cols[:, None, :]).reshape(batch, T * Fp)
+    if valid is None:
+        return _sorted_split(sel)[0]
+    return split_with_fillers(sel, valid, generator)[0]
 
 
 def keep_to_mask(keep: torch.Tensor, num_patches: int) -> torch.Tensor:

@@ -68,6 +68,7 @@ class AudioSSLCLI(LightningCLI):
     """LightningCLI with audiossl's run-directory conventions."""
 
     default_root = "runs/train"
+    keep_best = False  # fine-tuning: also keep checkpoints/best.ckpt (audiossl.checkpointing.BestCheckpoint)
 
     def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
@@ -115,6 +116,9 @@ class AudioSSLCLI(LightningCLI):
                     "enable_version_counter": False,  # a resumed run refreshes last.ckpt, not last-v1.ckpt
                 },
             })
+        if self.keep_best and not any("BestCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
+            callbacks.append({"class_path": "audiossl.checkpointing.BestCheckpoint",
+                              "init_args": {"dirpath": os.path.join(root, "checkpoints")}})
         if not any("RequeueOnSignal" in str(getattr(c, "class_path", c)) for c in callbacks):
             # SIGUSR1 (SLURM's --signal=SIGUSR1@90): save hpc_ckpt_N.ckpt at the next step on all ranks, requeue, stop
             callbacks.append({"class_path": "audiossl.preemption.RequeueOnSignal"})
@@ -184,9 +188,10 @@ def _quiet_lightning(strip_argv: bool = True):
         log.removeFilter(tip)
 
 
-def build_cli(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> AudioSSLCLI:
+def build_cli(model_class, argv: list[str], default_root: str, subclass_mode: bool,
+              keep_best: bool = False) -> AudioSSLCLI:
     """Parse ``argv`` and instantiate the model, the datamodule and the Trainer (no training)."""
-    cls = type("CLI", (AudioSSLCLI,), {"default_root": default_root})
+    cls = type("CLI", (AudioSSLCLI,), {"default_root": default_root, "keep_best": keep_best})
     with _quiet_lightning():
         return cls(
             model_class,
@@ -263,9 +268,9 @@ def user_error_in_chain(exc: BaseException) -> UserError | None:
     return None
 
 
-def run(model_class, argv: list[str], default_root: str, subclass_mode: bool) -> int:
+def run(model_class, argv: list[str], default_root: str, subclass_mode: bool, keep_best: bool = False) -> int:
     try:
-        cli = build_cli(model_class, argv, default_root, subclass_mode)
+        cli = build_cli(model_class, argv, default_root, subclass_mode, keep_best)
     except Exception as e:  # noqa: BLE001 - re-raised unless a user error explains it
         user = user_error_in_chain(e)
         if user is None:
@@ -299,4 +304,4 @@ def finetune(argv: list[str]) -> int:
     """``audiossl finetune``: ``FinetuneModule`` on labelled data."""
     from audiossl.finetune import FinetuneModule
 
-    return run(FinetuneModule, argv, "runs/finetune", subclass_mode=False)
+    return run(FinetuneModule, argv, "runs/finetune", subclass_mode=False, keep_best=True)

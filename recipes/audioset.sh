@@ -5,7 +5,7 @@
 #
 # SEGMENTS_DIR holds the official balanced_train_segments.csv, unbalanced_train_segments.csv (optional) and
 # eval_segments.csv; AUDIO_DIR your downloaded clips (searched recursively). Everything lands under OUT:
-# OUT/data (shards), OUT/pretrain, OUT/finetune, OUT/eval.
+# OUT/data (shards), OUT/pretrain, OUT/finetune, OUT/eval (last checkpoint; OUT/eval/best: the test-selected best).
 # Environment (defaults in brackets): AUDIOSSL [audiossl], WORKERS [8],
 # PRETRAIN_CONFIG [configs/pretrain/eat_base_as2m.yaml], FINETUNE_CONFIG [configs/finetune/as20k.yaml, or as2m.yaml
 # when the unbalanced CSV is there], TRAIN_SPLIT [balanced_train(+unbalanced_train)],
@@ -42,5 +42,17 @@ $AUDIOSSL pretrain --config "$PRETRAIN_CONFIG" --data.root "$OUT/data" --data.tr
 $AUDIOSSL finetune --config "$FINETUNE_CONFIG" --data.root "$OUT/data" --data.train_split "$TRAIN_SPLIT" \
   --data.eval_split eval --model.init_from "$OUT/pretrain/checkpoints/last.ckpt" \
   --trainer.default_root_dir "$OUT/finetune" --ckpt_path last "${FT_EXTRA[@]}"
+BEST=()
+if [ -f "$OUT/finetune/checkpoints/best.ckpt" ]; then
+  BEST=(--best_ckpt_path "$OUT/finetune/checkpoints/best.ckpt")
+fi
 $AUDIOSSL evaluate --ckpt_path "$OUT/finetune/checkpoints/last.ckpt" --data.root "$OUT/data" --data.eval_split eval \
-  --out "$OUT/eval"
+  --out "$OUT/eval" "${BEST[@]}"
+python3 - "$OUT/eval/metrics.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(f"last checkpoint (step {m['checkpoint']['step']}): mAP {m['mAP']:.4f} on {m['num_clips']} clips")
+b = m.get("best_test_selected")
+if b:
+    print(f"best checkpoint (step {b['step']}, TEST-SELECTED on this eval set, as the papers report): mAP {b['mAP']:.4f}")
+PY

@@ -70,6 +70,17 @@ def test_bce_is_summed_over_positives_and_ce_uses_label_smoothing():
     m.build(4, list("abcd"), False, None)
     t = torch.tensor([0, 1, 2, 3, 1, 0])
     assert torch.allclose(m.loss(logits, t, mixed=False), F.cross_entropy(logits, t, label_smoothing=0.1))
+    # under mixup EAT does not smooth: its mixup_target mixes the raw one-hot targets (the smoothing is commented out)
+    soft = m.soft_targets(t)
+    eat_target = F.one_hot(t, 4).float()
+    lam = 0.7
+    assert torch.equal(soft, eat_target)
+    mixed = lam * soft + (1 - lam) * soft.flip(0)
+    expect = (-(lam * eat_target + (1 - lam) * eat_target.flip(0)) * F.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(m.loss(logits, mixed, mixed=True), expect, atol=1e-6)
+    # timm's Mixup (smoothing_under_mixup) smooths them: the soft CE then equals label-smoothed CE when unmixed
+    m = _module(label_smoothing=0.1, smoothing_under_mixup=True)
+    m.build(4, list("abcd"), False, None)
     soft = m.soft_targets(t)
     assert torch.allclose(soft.sum(1), torch.ones(6)) and soft.max() == pytest.approx(0.9 + 0.1 / 4)
     assert torch.allclose(m.loss(logits, soft, mixed=True), F.cross_entropy(logits, t, label_smoothing=0.1), atol=1e-6)
@@ -106,6 +117,30 @@ def test_spec_augment_masks_one_band_and_one_span_per_clip():
             assert zt.max() - zt.min() + 1 == len(zt)
         keep = (out[i] != 0)
         assert torch.equal(out[i][keep], x[i][keep])  # everything else untouched
+
+
+def test_spec_augment_is_torchaudio_iid_masking():
+    """Same draws, same masks as torchaudio's FrequencyMasking/TimeMasking(iid_masks=True) (EAT's spectrogram_augment):
+    the span is [floor(start), floor(start) + floor(width)), not [floor(start), floor(start + width))."""
+    import torchaudio
+
+    x = torch.randn(64, 100, 128) + 5.0
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ours = spec_augment(x, freq_param=25.6, time_param=0.0)
+        torch.manual_seed(seed)
+        ref = torchaudio.transforms.FrequencyMasking(25.6, iid_masks=True)(x.transpose(1, 2)[:, None])[:, 0]
+        assert torch.equal(ours, ref.transpose(1, 2))
+        torch.manual_seed(seed)
+        ours = spec_augment(x, freq_param=0.0, time_param=20.48)
+        torch.manual_seed(seed)
+        ref = torchaudio.transforms.TimeMasking(20.48, iid_masks=True)(x.transpose(1, 2)[:, None])[:, 0]
+        assert torch.equal(ours, ref.transpose(1, 2))
+    # AST/AudioMAE mask the log-mel before normalising: the masked value is the normalised log-mel zero
+    fill = (0.0 - -4.268) / (2 * 4.569)
+    out = spec_augment(x, 40.0, 0.0, torch.Generator().manual_seed(0), fill=fill)
+    changed = out != x
+    assert changed.any() and torch.all(out[changed] == torch.tensor(fill))
 
 
 def test_roll_keeps_the_padding_at_the_end():
@@ -198,11 +233,20 @@ def test_finetune_then_evaluate_writes_outputs(pretrained, synth_root, tmp_path)
     meta = torch.load(ck, map_location="cpu", weights_only=True)["audiossl"]
     assert meta["kind"] == "classifier" and len(meta["label_names"]) == 16 and meta["multi_label"] is True
     out = tmp_path / "eval"
+    best = tmp_path / "ft" / "checkpoints" / "best.ckpt"
     assert evaluate_main(["--ckpt_path", str(ck), "--data.root", synth_root, "--out", str(out),
-                          "--data.num_workers", "0"]) == 0
+                          "--data.num_workers", "0", "--best_ckpt_path", str(best)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     for k in ("mAP", "mAUC", "d_prime", "accuracy", "num_clips"):
         assert k in m
+    # last and best side by side, the best labelled as chosen on the evaluation data itself
+    assert m["checkpoint"]["step"] == 4 and m["checkpoint"]["path"] == str(ck)
+    b = m["best_test_selected"]
+    assert b["step"] == 4 and "TEST-SELECTED" in b["selection"] and b["num_clips"] == 16
+    assert b["mAP"] == pytest.approx(json.loads((out / "best" / "metrics.json").read_text())["mAP"])
+    assert b["mAP"] == pytest.approx(m["mAP"])  # one validation only: best is last here
+    hist = [json.loads(line) for line in (tmp_path / "ft" / "val_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [4] and hist[0]["mAP"] == pytest.approx(m["mAP"], abs=1e-5)
     assert m["num_clips"] == 16 and 0 <= m["mAP"] <= 1
     p = np.load(out / "predictions.npz")
     assert sorted(p["keys"].tolist()) == sorted(set(p["keys"].tolist())) and len(p["keys"]) == 16
@@ -212,3 +256,163 @@ def test_finetune_then_evaluate_writes_outputs(pretrained, synth_root, tmp_path)
     assert again["mAP"] == pytest.approx(m["mAP"])
     lines = (out / "per_class.csv").read_text().splitlines()
     assert lines[0] == "index,name,ap,auc,positives" and len(lines) == 17
+
+
+# --- AST / AudioMAE options ------------------------------------------------------------------------------------------
+def test_pair_mixup_is_ast_dataset_mixup():
+    """AST/AudioMAE ``__getitem__``: with probability p a clip is mixed with another clip, lam ~ Beta(10, 10) per clip,
+    the partner cut to the clip's own length: w = lam w1 + (1 - lam) w2, y = lam y1 + (1 - lam) y2."""
+    from audiossl.augment import mix_pairs
+
+    B, N = 8, 400
+    w = torch.randn(B, N)
+    n = torch.tensor([400, 300, 400, 120, 400, 400, 250, 400])
+    for i, k in enumerate(n.tolist()):
+        w[i, k:] = 0.0
+    y = (torch.rand(B, 5) < 0.4).float()
+    applied, partners, lams = 0, torch.zeros(B, B), []
+    for seed in range(300):
+        out, ym, lam = mix_pairs(w, y, 10.0, 0.5, torch.Generator().manual_seed(seed), n)
+        for i in range(B):
+            if lam[i] == 1.0:
+                assert torch.equal(out[i], w[i]) and torch.equal(ym[i], y[i])
+                continue
+            applied += 1
+            lams.append(float(lam[i]))
+            cut = w * (torch.arange(N)[None] < n[i]).float()  # every candidate partner, cut to clip i's length
+            cand = [j for j in range(B) if j != i and torch.allclose(out[i], lam[i] * w[i] + (1 - lam[i]) * cut[j],
+                                                                    atol=1e-6)]
+            assert len(cand) == 1, (seed, i)
+            j = cand[0]
+            partners[i, j] += 1
+            assert torch.allclose(ym[i], lam[i] * y[i] + (1 - lam[i]) * y[j], atol=1e-6)
+            assert torch.equal(out[i, n[i]:], torch.zeros(N - n[i]))  # nothing of the partner beyond the clip
+    assert 0.45 < applied / (300 * B) < 0.55
+    lams = torch.tensor(lams)
+    assert lams.mean() == pytest.approx(0.5, abs=0.01) and lams.var() == pytest.approx(1 / 84, rel=0.15)
+    assert partners.diagonal().sum() == 0 and partners.sum(1).min() > 0.6 * partners.sum(1).mean() / 1.0
+    # partners uniform over the other clips
+    rows = partners / partners.sum(1, keepdim=True)
+    off = rows[~torch.eye(B, dtype=torch.bool)]
+    assert (off - 1 / (B - 1)).abs().max() < 0.12
+
+
+def _audiomae_random_masking_2d(x, mask_t_prob, mask_f_prob, T, F_):
+    """Transcription of AudioMAE ``models_vit.VisionTransformer.random_masking_2d`` (fine-tuning): x [N, T*F, D]."""
+    N, L, D = x.shape
+    x = x.reshape(N, T, F_, D)
+    len_keep_T = int(T * (1 - mask_t_prob))
+    noise = torch.rand(N, T, device=x.device)
+    ids_keep = torch.argsort(noise, dim=1)[:, :len_keep_T]
+    x = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).unsqueeze(-1).repeat(1, 1, F_, D))
+    x = x.permute(0, 2, 1, 3)
+    len_keep_F = int(F_ * (1 - mask_f_prob))
+    noise = torch.rand(N, F_, device=x.device)
+    ids_keep = torch.argsort(noise, dim=1)[:, :len_keep_F]
+    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).unsqueeze(-1).repeat(1, 1, len_keep_T, D))
+    return x_masked.permute(0, 2, 1, 3).reshape(N, len_keep_F * len_keep_T, D)
+
+
+def test_patch_drop_keeps_what_audiomae_keeps():
+    from audiossl.masking import time_freq_keep
+
+    T, F_ = 64, 8
+    ids = torch.arange(T * F_, dtype=torch.float32)[None, :, None].repeat(6, 1, 1)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        keep = time_freq_keep(6, (T, F_), 0.2, 0.2)
+        torch.manual_seed(seed)
+        ref = _audiomae_random_masking_2d(ids, 0.2, 0.2, T, F_)[..., 0].long().sort(dim=1).values
+        assert keep.shape == (6, 51 * 6) and torch.equal(keep, ref)
+    # with padding: rows drawn among each clip's real rows only, fillers beyond
+    real_t = torch.tensor([64, 20, 5])
+    valid = (torch.arange(T)[None] < real_t[:, None]).repeat_interleave(F_, dim=1)
+    keep = time_freq_keep(3, (T, F_), 0.2, 0.2, torch.Generator().manual_seed(0), None, valid)
+    kv = valid.gather(1, keep)
+    assert kv.sum(1).tolist() == [51 * 6, int(20 * 0.8) * 6, int(5 * 0.8) * 6]
+    assert ((keep // F_)[kv] < real_t.repeat_interleave(kv.sum(1))).all()
+
+
+def test_validation_scores_are_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    m = _module()
+    m.build(4, list("abcd"), True, None)
+    m.eval()
+    w = torch.randn(3, 16000 * 64 // 100) * 0.1
+    batch = {"audio": w, "target": torch.zeros(3, 4), "key": ["a", "b", "c"]}
+    with torch.no_grad():
+        expect = torch.sigmoid(m.model(*m.features(w)))
+        m.on_validation_epoch_start()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m.validation_step(batch, 0)
+            bf16 = torch.sigmoid(m.model(*m.features(w)).float())
+    assert m._scores[0].dtype == torch.float32 and torch.equal(m._scores[0], expect)
+    assert not torch.equal(bf16, expect)  # what validation produced before: bf16-rounded logits
+
+
+def test_dataset_stats_overriding_the_checkpoint_front_end_warn(pretrained):
+    meta = torch.load(pretrained, map_location="cpu", weights_only=True)["audiossl"]["front_end"]
+    m = FinetuneModule(init_from=pretrained)
+    with pytest.warns(UserWarning, match=r"mean -5\.0000, std 4\.0000 from the dataset's statistics.*"
+                                         rf"trained with mean {meta['mean']:.4f}, std {meta['std']:.4f}"):
+        m.build(16, [str(i) for i in range(16)], True, {"mean": -5.0, "std": 4.0})
+    assert m.model.front_end.config.mean == -5.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FinetuneModule(init_from=pretrained, front_end={"mean": meta["mean"], "std": meta["std"]}).build(
+            16, [str(i) for i in range(16)], True, {"mean": -5.0, "std": 4.0})
+
+
+def test_final_norm_override_and_head_init(tmp_path):
+    """AudioMAE's fine-tuning model: ``del self.norm`` (mean pool -> fc_norm -> head), head trunc-normal std 2e-5."""
+    from audiossl.export import save_model
+    from audiossl.models.classifier import AudioClassifier
+
+    enc = {"name": "vit_base", "depth": 2, "embed_dim": 64, "num_heads": 4, "block_style": "pre"}
+    pre = AudioClassifier(enc, head=None, front_end={"target_length": 64})
+    save_model(pre, tmp_path / "mae")
+    m = FinetuneModule(init_from=str(tmp_path / "mae"), pool="mean")
+    m.build(5, list("abcde"), True, None)
+    assert isinstance(m.model.encoder.norm, torch.nn.LayerNorm)
+    torch.manual_seed(0)
+    m = FinetuneModule(init_from=str(tmp_path / "mae"), pool="mean", final_norm=False, head_init_std=2e-5)
+    m.build(527, [str(i) for i in range(527)], True, None)
+    assert isinstance(m.model.encoder.norm, torch.nn.Identity) and not m.model.encoder.config.final_norm
+    assert torch.equal(m.model.encoder.blocks[1].mlp.fc2.weight, pre.encoder.blocks[1].mlp.fc2.weight)
+    assert m.model.head.linear.weight.std().item() == pytest.approx(2e-5, rel=0.05)
+    x = torch.randn(2, 64, 128)
+    m.model.eval()  # no drop path
+    with torch.no_grad():
+        tokens = pre.encoder.forward_tokens(pre.encoder.embed(x))  # with the final norm
+        pooled_wo = m.model.forward_features(x)[0]
+        raw = m.model.encoder.forward_tokens(m.model.encoder.embed(x))[:, 1:].mean(1)
+    assert torch.allclose(pooled_wo, raw, atol=1e-6) and not torch.allclose(pooled_wo, tokens[:, 1:].mean(1), atol=1e-3)
+    m = FinetuneModule(init_from=str(tmp_path / "mae"), head_init_std=None)  # AST's new head: nn.Linear's own init
+    m.build(5, list("abcde"), True, None)
+    bound = 1 / math.sqrt(64)
+    assert m.model.head.linear.weight.abs().max() <= bound and m.model.head.linear.weight.std() > 0.3 * bound
+
+
+def test_finetune_with_the_audiomae_and_ast_options_trains(pretrained, synth_root, tmp_path):
+    """A real Trainer with patch dropping, pair mixup on waveforms, masks before normalisation, Adam with a step
+    schedule in epochs, BEiT layer decay, mean BCE: it trains, the lr follows the schedule, and best.ckpt is written."""
+    from helpers import tb_scalars
+
+    root = tmp_path / "ft"
+    _finetune(str(root), synth_root, "--model.init_from", pretrained, "--model.patch_drop", "[0.25, 0.25]",
+              "--model.mixup_style", "pair", "--model.mixup", "10.0", "--model.mixup_prob", "0.5",
+              "--model.specaug_freq", "48", "--model.specaug_time", "40", "--model.specaug_before_norm", "true",
+              "--model.optimizer", "adam", "--model.lr_schedule", "step", "--model.lr_step_epochs", "[1]",
+              "--model.lr_step_gamma", "0.5", "--model.warmup_steps", "0", "--model.layer_decay_style", "beit",
+              "--model.bce_reduction", "mean", "--model.pool", "mean", "--trainer.max_steps", "6",
+              "--trainer.log_every_n_steps", "1", "--data.epoch_size", "48", steps=6)
+    losses = tb_scalars(str(root), "train/loss")
+    assert len(losses) == 6 and all(v == v for v in losses.values())
+    ck = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    lrs = [g["lr"] for g in ck["optimizer_states"][0]["param_groups"] if g["lr_scale"] == 1.0]
+    assert lrs and lrs[0] == pytest.approx(1e-3 * 0.5)  # 3 steps per epoch: after epoch 1 the lr is halved
+    assert (root / "checkpoints" / "best.ckpt").is_file()
+    hist = [json.loads(line) for line in (root / "val_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [6] and 0 <= hist[0]["mAP"] <= 1

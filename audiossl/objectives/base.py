@@ -6,9 +6,10 @@ teacher, ``teacher_update``. The base owns:
 
 * the student encoder (built from a registry spec) and the device-side front end — waveforms arrive from the data
   workers, the fbank runs here, on the training device;
-* the optimiser: AdamW, betas (0.9, 0.95), weight decay 0.05 except on biases, norms, and tokens; a linear warm-up
-  and a cosine decay to ``min_lr`` over ``trainer.max_steps`` (gradient clipping is the Trainer's
-  ``gradient_clip_val``);
+* the optimiser: AdamW, betas (0.9, 0.95), weight decay 0.05 except on biases, norms, and tokens (``decay_all_params``:
+  on everything, as EAT/SSLAM actually ran); a linear warm-up and a cosine decay to ``min_lr`` over
+  ``trainer.max_steps`` (``warmup_init``/``lr_floor``: fairseq's, AudioMAE's or I-JEPA's exact warm-up and floor;
+  ``weight_decay_end``: I-JEPA's cosine weight decay; gradient clipping is the Trainer's ``gradient_clip_val``);
 * a per-step random generator seeded by (seed, rank, step): masks and noise depend only on these, so a resumed run
   draws exactly what an uninterrupted one would;
 * the self-describing checkpoint entry ``checkpoint["audiossl"]`` (encoder + front-end configs, objective name);
@@ -40,16 +41,21 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or leaf in ("prefix_tokens", "pos_table", "mask_token", "cls_token")
 
 
-def param_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float, lr_scale: dict | None = None) -> list[dict]:
-    """AdamW groups: (decay / no decay) x (optional per-parameter lr scale, e.g. layer decay)."""
+def param_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float, lr_scale: dict | None = None,
+                 decay_all: bool = False) -> list[dict]:
+    """AdamW groups: (decay / no decay) x (optional per-parameter lr scale, e.g. layer decay).
+
+    ``decay_all``: every parameter is decayed, biases, norms and tokens included -- what EAT/SSLAM (and data2vec 2.0)
+    do as actually run: fairseq's composite optimiser only applies a ``weight_decay_scale: 0`` override under a
+    condition its Adam config never meets, so their intended exemptions are a no-op (and the CLS was never exempt)."""
     groups: dict[tuple[bool, float], list] = {}
     for n, p in named:
         if not p.requires_grad:
             continue
         scale = (lr_scale or {}).get(n, 1.0)
-        groups.setdefault((no_decay(n, p), scale), []).append(p)
+        groups.setdefault((False if decay_all else no_decay(n, p), scale), []).append(p)
     return [
-        {"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr_scale": scale}
+        {"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr_scale": scale, "decayed": not nd}
         for (nd, scale), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
     ]
 
@@ -64,6 +70,67 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+LR_FLOORS = ("scaled", "absolute")
+WARMUP_INITS = ("one_step", "floor", "zero")
+LR_SCHEDULES = ("cosine", "step")
+
+
+def check_schedule_options(lr_floor: str = "scaled", warmup_init="one_step", lr_schedule: str = "cosine",
+                           optimizer: str = "adamw") -> None:
+    """A clear error for a misspelt schedule or optimiser option (before any training starts)."""
+    from audiossl.errors import ConfigError
+
+    if lr_floor not in LR_FLOORS:
+        raise ConfigError(f"lr_floor must be one of {LR_FLOORS}, got {lr_floor!r}")
+    if not (warmup_init in WARMUP_INITS or (isinstance(warmup_init, (int, float)) and not isinstance(warmup_init, bool)
+                                            and 0.0 <= float(warmup_init) <= 1.0)):
+        raise ConfigError(f"warmup_init must be one of {WARMUP_INITS} or a fraction of the peak lr in [0, 1], "
+                          f"got {warmup_init!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+
+
+def scheduled_lr(step: int, peak: float, floor: float, warmup: float, total: int, warmup_init="one_step",
+                 schedule: str = "cosine", milestones: tuple = (), gamma: float = 0.1, quantum: int = 1) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) for one parameter group.
+
+    Warm-up (``step < warmup``), linear towards ``peak``, from where ``warmup_init`` says:
+      * ``one_step`` (audiossl's original): ``peak * (step + 1) / warmup`` -- the first step already moves;
+      * ``floor`` (fairseq ``cosine``: ``warmup_init_lr = min_lr``): ``floor + (peak - floor) * step / warmup``;
+      * ``zero`` (AudioMAE, AST): ``peak * step / warmup`` -- the first step runs at lr 0;
+      * a float ``r`` (I-JEPA ``start_lr / lr``): ``r peak + (1 - r) peak (step + 1) / warmup``.
+      ``quantum`` > 1 holds the warm-up lr for ``quantum`` steps at a time (AST: every 50 steps).
+    Then ``schedule``:
+      * ``cosine``: ``floor + (peak - floor) (1 + cos(pi t)) / 2`` with ``t = (step - warmup) / (total - warmup)``;
+      * ``step``: ``peak * gamma ** k``, ``k`` the number of ``milestones`` (steps) already reached (MultiStepLR).
+    """
+    if warmup > 0 and step < warmup:
+        if warmup_init == "one_step":
+            return peak * (step + 1) / warmup
+        s = (step // quantum) * quantum if quantum > 1 else step
+        if warmup_init == "floor":
+            return floor + (peak - floor) * s / warmup
+        if warmup_init == "zero":
+            return peak * s / warmup
+        r = float(warmup_init)
+        return r * peak + (1.0 - r) * peak * (s + 1) / warmup
+    if schedule == "step":
+        return peak * gamma ** sum(1 for m in milestones if step >= m)
+    if total <= warmup:
+        return peak
+    t = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def group_floor(peak: float, min_lr: float, scale: float, lr_floor: str) -> float:
+    """The floor of a group's cosine: ``min_lr * scale`` (``scaled``: the whole curve scales with the group), or
+    fairseq's composite optimiser (``absolute``): every lr-scale group has its own scheduler whose floor is the
+    unscaled ``min_lr``, lowered to the group's peak when the peak is below it (a constant lr then)."""
+    return min(min_lr, peak) if lr_floor == "absolute" else min_lr * scale
+
+
 def total_steps(trainer) -> int:
     """The schedule length: ``trainer.max_steps`` when set, else Lightning's estimate from the epochs."""
     if trainer.max_steps and trainer.max_steps > 0:
@@ -71,20 +138,61 @@ def total_steps(trainer) -> int:
     return int(trainer.estimated_stepping_batches)
 
 
+def steps_per_epoch(trainer) -> float:
+    """Optimizer steps per training epoch (for schedules given in epochs: AudioMAE's warm-up, AST's lr steps)."""
+    from audiossl.errors import ConfigError
+
+    if getattr(trainer, "train_dataloader", None) is None and hasattr(trainer, "fit_loop"):
+        trainer.fit_loop.setup_data()  # as Lightning's estimated_stepping_batches does: the loader's length is needed
+    n = trainer.num_training_batches
+    if not n or n == float("inf"):
+        raise ConfigError("a schedule given in epochs needs a training loader with a length")
+    return n / max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+
+
+OPTIMIZERS = ("adamw", "adam")
+
+
 def adamw_warmup_cosine(module: L.LightningModule, named: list[tuple[str, torch.Tensor]],
                         lr_scale: dict[str, float] | None = None) -> dict:
-    """Lightning's optimiser config from ``module.hparams`` (``lr``, ``min_lr``, ``warmup_steps``, ``weight_decay``,
-    ``betas``): AdamW over ``param_groups`` and a per-step linear warm-up + cosine schedule, each group's multiplier
-    scaled by its ``lr_scale``."""
+    """Lightning's optimiser config from ``module.hparams``: ``lr``, ``min_lr``, ``warmup_steps``, ``weight_decay``,
+    ``betas`` and, when the module has them, ``decay_all_params``, ``lr_floor``, ``warmup_init``, ``optimizer``
+    (``adamw``: decoupled decay; ``adam``: PyTorch Adam, decay added to the gradient, as AST), ``warmup_epochs``,
+    ``lr_schedule``/``lr_step_epochs``/``lr_step_gamma``, ``warmup_quantum``. Groups from ``param_groups``, each with
+    its own per-step schedule (``scheduled_lr``) from its peak ``lr * lr_scale``."""
     hp = module.hparams
-    groups = param_groups(named, hp.weight_decay, lr_scale)
-    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+    get = lambda k, d=None: hp.get(k, d) if hasattr(hp, "get") else getattr(hp, k, d)  # noqa: E731
+    groups = param_groups(named, hp.weight_decay, lr_scale, decay_all=bool(get("decay_all_params", False)))
+    kind = get("optimizer", "adamw")
+    check_schedule_options(get("lr_floor", "scaled"), get("warmup_init", "one_step"), get("lr_schedule", "cosine"),
+                           kind)
+    cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    opt = cls(groups, lr=hp.lr, betas=tuple(hp.betas))
     total = total_steps(module.trainer)
-    min_ratio = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, [(lambda s, sc=g["lr_scale"]: sc * warmup_cosine(s, hp.warmup_steps, total, min_ratio)) for g in groups]
-    )
+    epoch_steps = None
+    if get("warmup_epochs") is not None or (get("lr_schedule", "cosine") == "step" and get("lr_step_epochs")):
+        epoch_steps = steps_per_epoch(module.trainer)
+    warmup = hp.warmup_steps if get("warmup_epochs") is None else float(get("warmup_epochs")) * epoch_steps
+    milestones = tuple(round(e * epoch_steps) for e in (get("lr_step_epochs") or ())) if epoch_steps else ()
+    floor_kind, init = get("lr_floor", "scaled"), get("warmup_init", "one_step")
+    base = hp.lr if hp.lr > 0 else 1.0
+
+    def multiplier(scale: float):
+        peak = hp.lr * scale
+        floor = group_floor(peak, hp.min_lr, scale, floor_kind)
+        return lambda s: scheduled_lr(s, peak, floor, warmup, total, init, get("lr_schedule", "cosine"), milestones,
+                                      float(get("lr_step_gamma", 0.1)), int(get("warmup_quantum", 1))) / base
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [multiplier(g["lr_scale"]) for g in groups])
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def cosine_weight_decay(step: int, total: int, start: float, end: float) -> float:
+    """I-JEPA's ``CosineWDSchedule``: weight decay from ``start`` to ``end`` along a half cosine; ``step`` counts
+    from 1 as I-JEPA steps its scheduler before each update."""
+    t = min(1.0, step / max(1, total))
+    wd = end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return max(end, wd) if end <= start else min(end, wd)
 
 
 def check_sample_rate(data_rate: int | None, front_end: FrontEndConfig, where: str = "the dataset") -> None:
@@ -106,6 +214,22 @@ def resolve_front_end(front_end: dict | None, data_stats: dict | None) -> FrontE
     return FrontEndConfig.from_dict(fe)
 
 
+def warn_front_end_override(front_end, init_fe: dict, init_from, pinned: dict, data_stats: dict | None) -> None:
+    """Warn when the normalisation about to be used is not the one the ``init_from`` encoder was trained with,
+    naming both and where ours came from (the dataset's ``audiossl stats``, or the config)."""
+    ours = (float(front_end.mean), float(front_end.std))
+    theirs = (float(init_fe["mean"]), float(init_fe["std"]))
+    if all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(ours, theirs)):
+        return
+    unpinned = pinned.get("mean") is None or pinned.get("std") is None
+    source = "the dataset's statistics (audiossl stats)" if unpinned and data_stats else "the config's front_end"
+    rank_zero_warn(
+        f"normalising with mean {ours[0]:.4f}, std {ours[1]:.4f} from {source}, but init_from {init_from} was trained "
+        f"with mean {theirs[0]:.4f}, std {theirs[1]:.4f}; its encoder sees shifted inputs. Pin front_end.mean/std "
+        f"(the AudioSet recipes pin {-4.268} / {4.569}) to choose"
+    )
+
+
 class PretrainModule(L.LightningModule):
     objective: str = "base"
 
@@ -121,6 +245,10 @@ class PretrainModule(L.LightningModule):
         seed: int = 0,
         init_from: str | None = None,
         compile: bool = False,
+        decay_all_params: bool = False,
+        lr_floor: str = "scaled",
+        warmup_init: str | float = "one_step",
+        weight_decay_end: float | None = None,
     ):
         """
         Args:
@@ -135,8 +263,17 @@ class PretrainModule(L.LightningModule):
             seed: seeds the per-step masks and noise (together with the rank and the step).
             init_from: an audiossl checkpoint to start the student (and teacher) from.
             compile: ``torch.compile`` the student encoder.
+            decay_all_params: weight decay on every parameter (biases, norms, tokens too): EAT/SSLAM as actually
+                run (their exemptions are a no-op in fairseq's composite optimiser); default: the intended exemptions.
+            lr_floor: ``scaled`` or ``absolute`` (fairseq: each lr-scale group's cosine ends at the unscaled
+                ``min_lr``); the same without per-group lr scales, as in pretraining.
+            warmup_init: where the warm-up starts (``scheduled_lr``): ``one_step`` (ours), ``floor`` (fairseq: the
+                first update runs at ``min_lr``), ``zero`` (AudioMAE) or a fraction of the peak (I-JEPA 0.2).
+            weight_decay_end: cosine weight-decay schedule from ``weight_decay`` to this value over the run
+                (I-JEPA 0.04 -> 0.4); ``None``: constant.
         """
         super().__init__()
+        check_schedule_options(lr_floor, warmup_init)
         self.save_hyperparameters()
         self.encoder = build_encoder(encoder)
         self.front_end = FrontEnd(resolve_front_end(front_end, None))
@@ -254,8 +391,17 @@ class PretrainModule(L.LightningModule):
         return adamw_warmup_cosine(self, self.trainable_named_parameters())
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        end = self.hparams.get("weight_decay_end")
+        if end is not None:  # I-JEPA steps its weight-decay schedule before each update, counting from 1
+            wd = cosine_weight_decay(self.global_step + 1, total_steps(self.trainer), self.hparams.weight_decay, end)
+            for g in optimizer.param_groups:
+                if g.get("decayed", True):
+                    g["weight_decay"] = wd
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
+            if end is not None:
+                self.log("train/weight_decay", max(g["weight_decay"] for g in optimizer.param_groups), on_step=True,
+                         on_epoch=False, batch_size=1)
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
     def audiossl_metadata(self) -> dict:
