@@ -416,3 +416,61 @@ def test_finetune_with_the_audiomae_and_ast_options_trains(pretrained, synth_roo
     assert (root / "checkpoints" / "best.ckpt").is_file()
     hist = [json.loads(line) for line in (root / "val_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [6] and 0 <= hist[0]["mAP"] <= 1
+
+
+def test_epoch_weight_average_is_ast_validate_wa(pretrained, synth_root, tmp_path):
+    """AST ``validate_wa``: the state dicts saved after epochs wa_start..wa_end summed and divided by their count."""
+    import lightning as L
+
+    from audiossl.averaging import EpochWeightAverage
+    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.data import AudioDataModule
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.states = {}
+
+        def on_train_epoch_end(self, trainer, module):
+            self.states[trainer.current_epoch + 1] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    m = FinetuneModule(init_from=pretrained, front_end={"target_length": 192}, warmup_steps=1, mixup=0.0, lr=1e-3)
+    dm = AudioDataModule(synth_root, batch_size=16, num_workers=0, epoch_size=32, clip_seconds=2.0)
+    avg, rec = EpochWeightAverage(first_epoch=2, last_epoch=3), Record()
+    L.Trainer(max_epochs=4, callbacks=[avg, rec], default_root_dir=str(tmp_path), logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0, accelerator="cpu").fit(m, datamodule=dm)
+    sd_a = {k: v.clone() for k, v in rec.states[2].items()}  # AST: sdA = epoch wa_start
+    for key in sd_a:
+        sd_a[key] = sd_a[key] + rec.states[3][key]
+    sd_a = {k: v / 2.0 for k, v in sd_a.items()}
+    ck = torch.load(tmp_path / "checkpoints" / "averaged.ckpt", map_location="cpu", weights_only=True)
+    assert ck["averaged_epochs"] == [2, 3] and set(ck["state_dict"]) == set(sd_a)
+    for k, v in sd_a.items():
+        assert torch.allclose(ck["state_dict"][k], v, atol=1e-6), k
+    assert not torch.allclose(rec.states[2]["model.head.linear.weight"], rec.states[4]["model.head.linear.weight"])
+    model = classifier_from_checkpoint(tmp_path / "checkpoints" / "averaged.ckpt")
+    assert torch.allclose(model.head.linear.weight, sd_a["model.head.linear.weight"], atol=1e-6)
+    # the running sum is the callback's state: a resumed run continues it
+    again = EpochWeightAverage(first_epoch=2, last_epoch=3)
+    again.load_state_dict(avg.state_dict())
+    assert again.count == 2 and torch.equal(again.sum["model.head.linear.bias"], avg.sum["model.head.linear.bias"])
+
+
+@pytest.mark.parametrize("recipe", ["as20k_audiomae.yaml", "esc50_ast.yaml", "as2m_ast.yaml"])
+def test_audiomae_and_ast_recipes_run(recipe, synth_root, tmp_path):
+    """The AudioMAE/AST recipes train as written (epochs, step schedule, averaging), on a tiny encoder."""
+    from audiossl.train_cli import finetune
+
+    tiny = "{name: vit_tiny, depth: 2, embed_dim: 64, num_heads: 4, block_style: pre}"
+    extra = ["--data.eval_split", "eval", "--data.eval_fold", "null"] if "esc50" in recipe else []
+    assert finetune(["--config", config("finetune", recipe), "--data.root", synth_root, "--model.encoder", tiny,
+                     "--model.front_end", "{target_length: 192}", "--trainer.max_epochs", "2",
+                     "--trainer.default_root_dir", str(tmp_path), "--data.num_workers", "0", "--data.batch_size", "16",
+                     "--data.epoch_size", "32", "--data.clip_seconds", "2.0", "--data.train_split", "train",
+                     "--trainer.enable_progress_bar", "false", "--trainer.devices", "1", "--trainer.strategy", "auto",
+                     *extra]) == 0
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 4 and ck["audiossl"]["kind"] == "classifier"
+    if recipe == "as2m_ast.yaml":  # weights after epochs 1 and 2 averaged
+        avg = torch.load(tmp_path / "checkpoints" / "averaged.ckpt", map_location="cpu", weights_only=True)
+        assert avg["averaged_epochs"] == [1, 2]
