@@ -91,6 +91,33 @@ def test_sslam_starts_from_eat_checkpoint(eat_run, synth_root, tmp_path):
     t0 = eat["teacher.model.blocks.0.mlp.fc1.weight"]
     t1 = ss["state_dict"]["teacher.model.blocks.0.mlp.fc1.weight"]
     assert (t0 - t1).abs().max() < 1e-3
+    # and the decoder from EAT's decoder (fairseq continue_once loads the whole model), not from a fresh init
+    d0, d1 = eat["decoder.convs.0.weight"], ss["state_dict"]["decoder.convs.0.weight"]
+    assert (d0 - d1).abs().max() < 1e-2 and (d1 - d0).abs().max() < 0.1 * d0.abs().max()
+
+
+def test_init_from_continues_student_decoder_and_teacher_exactly(eat_run):
+    """SSLAM stage 2 = fairseq ``continue_once`` of EAT: a strict load of the student, the CNN decoder and ``_ema``."""
+    from audiossl.objectives import SSLAM
+
+    init = os.path.join(eat_run, "checkpoints", "last.ckpt")
+    eat = torch.load(init, map_location="cpu", weights_only=True)["state_dict"]
+    m = SSLAM(encoder={"name": "vit_tiny", "depth": 4, "embed_dim": 128, "num_heads": 4, "block_style": "post"},
+              front_end={"target_length": 192}, clone_batch=4, mask_block=3, decoder_layers=3, unmixed_frames=32,
+              init_from=init)
+    fresh = {k: v.clone() for k, v in m.state_dict().items()}
+    m.load_init(init)
+    got = m.state_dict()
+    assert set(got) == set(eat)
+    for k, v in eat.items():
+        assert torch.equal(got[k], v), k
+    assert not torch.equal(fresh["decoder.convs.0.weight"], got["decoder.convs.0.weight"])
+    # an SSLAM with another decoder shape keeps its own decoder, and says so
+    m = SSLAM(encoder={"name": "vit_tiny", "depth": 4, "embed_dim": 128, "num_heads": 4, "block_style": "post"},
+              front_end={"target_length": 192}, clone_batch=4, mask_block=3, decoder_layers=3, decoder_kernel=5,
+              unmixed_frames=32)
+    with pytest.warns(UserWarning, match=r"entries besides the encoder start fresh.*decoder\.convs\.0\.weight"):
+        m.load_init(init)
 
 
 STOPS = {

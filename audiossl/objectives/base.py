@@ -295,6 +295,7 @@ class PretrainModule(L.LightningModule):
                     "use --trainer.strategy ddp (a ViT-B or ViT-L with its teacher and AdamW state fits one GPU)"
                 )
         self.front_end = FrontEnd(resolve_front_end(self._front_end_spec, stats))
+        self._data_stats = stats
         if dm is not None:
             check_sample_rate(getattr(dm, "sample_rate", None), self.front_end.config,
                               f"the dataset {getattr(dm, 'root', '')}".rstrip())
@@ -308,22 +309,29 @@ class PretrainModule(L.LightningModule):
             self._compiled = True
 
     def load_init(self, path: str) -> None:
-        """Start from an audiossl checkpoint: the student from its student, and our EMA teacher (if any) from its
-        teacher when it has one (``teacher.model.*``: SSLAM stage 2 continues EAT's teacher, as fairseq's
-        ``continue_once`` restores ``_ema``), else from its student, with a warning."""
+        """Continue another audiossl pretraining checkpoint, as fairseq's ``continue_once`` + ``reset_optimizer``
+        does for SSLAM stage 2 (strict load of EAT's model, ``_ema`` restored): the student from its student, our EMA
+        teacher (if any) from its teacher (``teacher.model.*``; else from its student, with a warning), and every
+        other entry of ours that the checkpoint holds with the same name and shape -- the decoder -- from it (what it
+        lacks starts fresh, listed in a warning). Only the optimizer, the lr schedule and the EMA counter restart.
+        An exported/converted model directory gives the encoder only (``audiossl convert eat --pretraining`` writes a
+        full pretraining checkpoint from a fairseq file)."""
         from audiossl.checkpoint import CheckpointError, encoder_from_checkpoint, read_checkpoint
         from audiossl.config_dict import config_differences
         from audiossl.models.encoder import WEIGHT_NEUTRAL
 
         src = read_checkpoint(path) if os.path.isfile(path) else path  # read once: student and teacher come from it
         try:
-            enc, _ = encoder_from_checkpoint(src)
+            enc, init_fe = encoder_from_checkpoint(src)
         except CheckpointError as e:
             raise CheckpointError(f"init_from {path}: {e}") from None
         diffs = config_differences(self.encoder.config.to_dict(), enc.config.to_dict(), WEIGHT_NEUTRAL)
         if diffs:
             raise CheckpointError(f"init_from {path}: the encoder settings differ (ours, checkpoint's): {diffs}")
         self.encoder.load_state_dict(enc.state_dict())
+        warn_front_end_override(self.front_end.config, init_fe.to_dict(), path, dict(self._front_end_spec or {}),
+                                getattr(self, "_data_stats", None))
+        self._load_init_rest(path, src)
         teacher = getattr(self, "teacher", None)
         if not isinstance(teacher, EMATeacher):
             return
@@ -336,6 +344,26 @@ class PretrainModule(L.LightningModule):
         if source is enc:
             rank_zero_warn(f"init_from {path} holds no EMA teacher: the teacher starts as a copy of the student")
         teacher.model.load_state_dict(source.state_dict())
+
+    def _load_init_rest(self, path: str, src) -> None:
+        """Everything but the student and the teacher (the decoder, a predictor, ...) from ``src`` where it has the
+        same entry with the same shape; a warning lists what starts fresh."""
+        theirs = src.get("state_dict", {}) if isinstance(src, dict) else {}
+        theirs = {k.replace("_orig_mod.", ""): v for k, v in theirs.items()}
+        fresh = []
+        with torch.no_grad():
+            for k, v in self.state_dict().items():
+                if k.startswith(("encoder.", "teacher.")):
+                    continue
+                w = theirs.get(k)
+                if torch.is_tensor(w) and tuple(w.shape) == tuple(v.shape):
+                    v.copy_(w)
+                else:
+                    fresh.append(k + ("" if w is None else f" (checkpoint {tuple(w.shape)}, ours {tuple(v.shape)})"))
+        if fresh:
+            shown = ", ".join(fresh[:6]) + (f", ... ({len(fresh) - 6} more)" if len(fresh) > 6 else "")
+            rank_zero_warn(f"init_from {path}: {len(fresh)} entries besides the encoder start fresh (the checkpoint "
+                           f"does not hold them with this shape): {shown}")
 
     # --- the step ----------------------------------------------------------------------------------------------
     def step_generator(self, batch_idx: int = 0) -> torch.Generator:
