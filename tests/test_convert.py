@@ -292,3 +292,61 @@ def test_hf_ast_with_unequal_strides_is_refused(tmp_path):
     _, d = _tiny_ast(tmp_path, frequency_stride=10, time_stride=12)
     with pytest.raises(ConversionError, match="frequency_stride 10 != time_stride 12"):
         convert_hf_ast(d)
+
+
+def _decoder2d_reference(sd, x, grid, groups=16):
+    """EAT's ``Decoder2d.forward`` from the fairseq keys: [conv (groups) -> LayerNorm over channels without affine ->
+    GELU] + residual per layer, then ``proj``; x [B, N, C] with every grid slot filled."""
+    m = "modality_encoders.IMAGE.decoder."
+    B, N, C = x.shape
+    x = x.transpose(1, 2).reshape(B, C, *grid)
+    residual = x
+    i = 0
+    while m + f"blocks.{i}.0.weight" in sd:
+        w = sd[m + f"blocks.{i}.0.weight"]
+        y = F.conv2d(x, w, sd[m + f"blocks.{i}.0.bias"], padding=w.shape[-1] // 2, groups=groups)
+        y = F.layer_norm(y.transpose(-3, -1), (y.shape[1],)).transpose(-3, -1)  # TransposeLast(tranpose_dim=-3)
+        x = _gelu(y) + residual
+        residual = x
+        i += 1
+    x = x.reshape(B, -1, N).transpose(1, 2)
+    return x @ sd[m + "proj.weight"].T + sd[m + "proj.bias"]
+
+
+@pytest.mark.parametrize("full_ema", [True, False])
+def test_eat_pretraining_conversion_continues_student_decoder_and_teacher(tmp_path, full_ema):
+    """``convert eat --pretraining``: what fairseq's continue_once restores (student, decoder, _ema) lands in an audiossl
+    pretraining checkpoint, and init_from loads all three."""
+    from audiossl.objectives import EAT, SSLAM
+
+    sd = eat_state_dict(max_time=8)
+    # the EMA copy of every trained entry (the sin-cos table is fixed, requires_grad=False: the same in both)
+    ema = {k: v if "positions" in k else v + 0.05 * torch.randn_like(v) for k, v in sd.items() if "decoder" not in k}
+    if not full_ema:  # data2vec's ema_encoder_only layout: the blocks only
+        ema = {k: v for k, v in ema.items() if k.startswith("blocks.")}
+    src = tmp_path / "EAT-base_epoch10_pt.pt"
+    torch.save({"cfg": {"model": {"num_heads": HEADS, "embed_dim": D, "depth": DEPTH, "norm_eps": 1e-6}},
+                "model": {**sd, "_ema": ema}}, src)
+    out = tmp_path / "eat"
+    assert main(["convert", "eat", str(src), "--out", str(out), "--target-length", "128", "--pretraining"]) == 0
+    ck = torch.load(out / "pretraining.ckpt", map_location="cpu", weights_only=True)
+    assert ck["audiossl"]["kind"] == "pretrain" and ck["hyper_parameters"] == {
+        "decoder_layers": 6, "decoder_kernel": 3, "decoder_groups": 16, "decoder_dim": D}
+    enc = {"embed_dim": D, "depth": DEPTH, "num_heads": HEADS, "block_style": "post"}
+    m = SSLAM(encoder=enc, front_end={"target_length": 128}, clone_batch=2, unmixed_frames=32)
+    m.load_init(str(out / "pretraining.ckpt"))
+    x = torch.randn(2, 128, MEL)
+    with torch.no_grad():
+        assert (m.encoder(x) - eat_reference(sd, x)).abs().max() < 1e-4  # the student
+        teacher_sd = {**sd, **ema} if not full_ema else {**{k: v for k, v in sd.items() if "decoder" in k}, **ema}
+        assert (m.teacher.model(x) - eat_reference(teacher_sd, x)).abs().max() < 1e-4  # EAT's EMA teacher
+        assert (m.teacher.model(x) - m.encoder(x)).abs().max() > 1e-3
+        grid = m.encoder.grid_shape(128)
+        tokens = torch.randn(2, grid[0] * grid[1], D)
+        keep = torch.arange(grid[0] * grid[1]).expand(2, -1)
+        ours = m.decoder(tokens, keep, grid)  # every slot visible: no noise enters
+        assert (ours - _decoder2d_reference(sd, tokens, grid)).abs().max() < 1e-4  # EAT's trained decoder
+    # a fine-tuned file has no decoder or teacher to continue
+    ft = fairseq_file(tmp_path / "ft.pt", eat_state_dict(classes=527))
+    assert main(["convert", "eat", str(ft), "--out", str(tmp_path / "ft"), "--pretraining"]) == 1
+    assert EAT  # the same file starts EAT itself (continued pretraining)

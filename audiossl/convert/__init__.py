@@ -14,7 +14,9 @@ source's computation through ``EncoderConfig`` options; nothing here is a second
              ``pre_norm``), no final norm; CLS without a position; fixed 2-D sin-cos positions (the stored table is
              checked against ours, and kept as a table if it differs); decoder and EMA teacher weights are ignored
              (listed). Fine-tuned files (``fc_norm`` + ``head``) become classifiers (CLS -> LayerNorm -> Linear),
-             pretrained files encoder-only models.
+             pretrained files encoder-only models. ``--pretraining`` also writes ``OUT/pretraining.ckpt``: an
+             audiossl pretraining checkpoint with the student, the CNN decoder and the EMA teacher (``_ema``), which
+             ``init_from`` continues (SSLAM stage 2 from a published EAT file, as the reference does).
 ``audiomae`` timm-style ``.pth`` (``{"model": state dict}``): ``patch_embed.proj``, ``cls_token``, ``pos_embed``
              (sin-cos with a CLS row), pre-LN blocks, ``norm`` (pretrained / CLS-pooled) or ``fc_norm`` (global-pool
              fine-tuning, no final norm: ``final_norm=False``, head pool ``mean``), ``head``; decoder weights ignored.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from audiossl.convert.audiomae import convert_audiomae
 from audiossl.convert.common import ConversionError, ConversionReport, default_labels, read_label_names, read_weights
-from audiossl.convert.eat import convert_eat, map_eat_state_dict
+from audiossl.convert.eat import convert_eat, eat_pretraining_checkpoint, map_eat_state_dict
 from audiossl.convert.hf_ast import convert_hf_ast, map_ast_state_dict
 from audiossl.errors import ExportError
 from audiossl.export import ONNX_FILE, export_onnx, save_model
@@ -39,8 +41,8 @@ from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD
 from audiossl.models.classifier import AudioClassifier
 
 __all__ = ["FORMATS", "ConversionError", "ConversionReport", "convert", "convert_audiomae", "convert_eat",
-           "convert_hf_ast", "default_labels", "map_ast_state_dict", "map_eat_state_dict", "read_label_names",
-           "read_weights"]
+           "convert_hf_ast", "default_labels", "eat_pretraining_checkpoint", "map_ast_state_dict", "map_eat_state_dict",
+           "read_label_names", "read_weights"]
 
 FORMATS = ("hf-ast", "eat", "sslam", "audiomae")
 
@@ -83,7 +85,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--std", type=float, default=AUDIOSET_STD, help="fbank normalisation std (eat/sslam/audiomae)")
     ap.add_argument("--patch-stride", type=int, help="audiomae: patch stride of overlapping-patch models (default: patch size)")
     ap.add_argument("--onnx", action="store_true", help="also write model.onnx (checked against PyTorch)")
+    ap.add_argument("--pretraining", action="store_true",
+                    help="eat/sslam: also write OUT/pretraining.ckpt (student + CNN decoder + EMA teacher) for "
+                         "--model.init_args.init_from, e.g. SSLAM stage 2 from EAT-base_epoch10_pt.pt")
     args = ap.parse_args(argv)
+    if args.pretraining and args.format not in ("eat", "sslam"):
+        print(f"audiossl convert: error: --pretraining applies to eat/sslam files, not {args.format}", file=sys.stderr)
+        return 2
     options = {"labels": args.labels, "num_classes": args.num_classes, "multi_label": args.multi_label}
     if args.format != "hf-ast":
         options.update(num_heads=args.num_heads, target_length=args.target_length, mean=args.mean, std=args.std)
@@ -94,6 +102,11 @@ def main(argv: list[str]) -> int:
             warnings.simplefilter("always")
             model, report = convert(args.format, args.src, args.out, **options)
         onnx_report = export_onnx(model, Path(args.out) / ONNX_FILE) if args.onnx else None
+        pre = None
+        if args.pretraining:
+            pre = eat_pretraining_checkpoint(args.src, Path(args.out) / "pretraining.ckpt", num_heads=args.num_heads,
+                                             target_length=args.target_length, mean=args.mean, std=args.std,
+                                             flavour=args.format)
     except (ConversionError, ExportError) as e:
         print(f"audiossl convert: error: {e}", file=sys.stderr)
         return 1
@@ -102,6 +115,11 @@ def main(argv: list[str]) -> int:
             print(f"audiossl convert: warning: {w.message}", file=sys.stderr)
     print(report.summary())
     print(f"  wrote {args.out}/model.safetensors + config.json")
+    if pre is not None:
+        path, pre_report = pre
+        for note in pre_report.notes[-2:]:
+            print(f"  {note}")
+        print(f"  wrote {path}: continue it with --model.init_args.init_from {path}")
     if onnx_report:
         print(f"  wrote {onnx_report['path']} (onnxruntime vs PyTorch max abs diff {onnx_report['max_abs_diff']:.2e})")
     return 0
