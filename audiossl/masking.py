@@ -236,6 +236,25 @@ class JepaMaskConfig:
     curriculum_steps: float = 0.5  # fraction of training over which tf-aware targets ramp from 0 to tf_max
     tf_max: float = 1.0  # final probability that a target block is a tf-aware strip
     min_context: int = 4
+    # "ijepa": one size for every random target block of the batch, scale and aspect both from one uniform (linear),
+    # capped below the grid (I-JEPA MaskCollator._sample_block_size); "independent": per block, independent scale and
+    # log-uniform aspect draws
+    block_sizes: str = "ijepa"
+
+
+def ijepa_block_size(u: float, real_t: torch.Tensor, Fp: int, scale: tuple[float, float],
+                     aspect: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """I-JEPA's ``_sample_block_size`` for one uniform ``u``: ``max_keep = int(T * F * (s0 + u (s1 - s0)))``,
+    ``ar = a0 + u (a1 - a0)``, ``h = round(sqrt(max_keep ar))`` (time), ``w = round(sqrt(max_keep / ar))`` (freq),
+    lowered until ``h < T`` and ``w < F``; per row of ``real_t [B]`` (each clip's real time patches)."""
+    s = scale[0] + u * (scale[1] - scale[0])
+    ar = aspect[0] + u * (aspect[1] - aspect[0])
+    keep = torch.floor(real_t.to(torch.float64) * Fp * s)  # int(height * width * mask_scale)
+    h = torch.round(torch.sqrt(keep * ar)).long()
+    w = torch.round(torch.sqrt(keep / ar)).long()
+    h = torch.minimum(h, real_t - 1).clamp_min(1)
+    w = w.clamp(1, max(1, Fp - 1))
+    return h, w
 
 
 def _block_sizes(real_t: torch.Tensor, Fp: int, scale: float, aspect: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +291,9 @@ def jepa_masks(
     """A-JEPA masks: (context ``[B, Kc]``, ``num_targets`` target tensors ``[B, Kt_i]``), all sorted ascending.
 
     Each target block's shape is drawn once per batch (the same uniforms for every row, as I-JEPA's collator does):
-    * with probability ``1 - p_tf``: a random block (area ``target_scale``, aspect ``target_aspect``);
+    * with probability ``1 - p_tf``: a random block (area ``target_scale``, aspect ``target_aspect``); with
+      ``block_sizes="ijepa"`` every random block of the batch has one size, from one uniform for both scale and
+      aspect (``ijepa_block_size``), else each its own independent draws;
     * with probability ``p_tf``: a time-frequency-aware strip — half the time a full-band time span (all frequency
       patches of ``strip_scale * T`` consecutive time steps), half the time a full-time frequency band.
     ``p_tf = tf_max * min(1, progress / curriculum_steps)`` where ``progress`` in [0, 1] is the fraction of training
@@ -297,6 +318,9 @@ def jepa_masks(
         return split_with_fillers(sel, valid, g)[0] if padded else _sorted_split(sel)[0]
 
     p_tf = cfg.tf_max * min(1.0, max(0.0, progress) / max(cfg.curriculum_steps, 1e-8))
+    if cfg.block_sizes not in ("ijepa", "independent"):
+        raise ValueError(f"block_sizes must be 'ijepa' or 'independent', got {cfg.block_sizes!r}")
+    shared = ijepa_block_size(u(), real_t, Fp, cfg.target_scale, cfg.target_aspect) if cfg.block_sizes == "ijepa" else None
     targets = []
     covered = torch.zeros(batch, T, Fp, dtype=torch.bool, device=real_t.device)
     full_f = torch.full_like(real_t, Fp)
@@ -307,6 +331,8 @@ def jepa_masks(
                 h, w = torch.round(span_frac * real_t.to(torch.float64)).long().clamp_min(1), full_f
             else:  # full-time frequency band
                 h, w = real_t, torch.full_like(real_t, max(1, int(round(span_frac * Fp))))
+        elif shared is not None:
+            h, w = shared
         else:
             scale = cfg.target_scale[0] + u() * (cfg.target_scale[1] - cfg.target_scale[0])
             aspect = math.exp(math.log(cfg.target_aspect[0]) + u() * math.log(cfg.target_aspect[1] / cfg.target_aspect[0]))

@@ -102,3 +102,37 @@ def test_jepa_masks_shapes_disjoint_and_curriculum():
     # at the start, random rectangles: not full-time bands
     _, tgts = jepa_masks(2, (T, F), 0.0, cfg, gen(1))
     assert all(len(set((t[0] // F).tolist())) < T for t in tgts)
+
+
+def test_jepa_random_targets_share_one_ijepa_size():
+    """I-JEPA ``MaskCollator``: one ``p_size`` per batch for all target blocks, scale and aspect from the *same*
+    uniform (``_sample_block_size``), capped below the grid."""
+    import math
+
+    from audiossl.masking import JepaMaskConfig, ijepa_block_size, jepa_masks
+
+    def sample_block_size(_rand, height, width, scale, aspect_ratio_scale):  # transcription
+        min_s, max_s = scale
+        mask_scale = min_s + _rand * (max_s - min_s)
+        max_keep = int(height * width * mask_scale)
+        min_ar, max_ar = aspect_ratio_scale
+        aspect_ratio = min_ar + _rand * (max_ar - min_ar)
+        h = int(round(math.sqrt(max_keep * aspect_ratio)))
+        w = int(round(math.sqrt(max_keep / aspect_ratio)))
+        while h >= height:
+            h -= 1
+        while w >= width:
+            w -= 1
+        return h, w
+
+    for u in torch.linspace(0, 1, 41).tolist():
+        for T, F in ((64, 8), (12, 8), (14, 14)):
+            h, w = ijepa_block_size(u, torch.tensor([T]), F, (0.15, 0.2), (0.75, 1.5))
+            assert (int(h), int(w)) == sample_block_size(u, T, F, (0.15, 0.2), (0.75, 1.5)), (u, T, F)
+    cfg = JepaMaskConfig()
+    for seed in range(5):
+        _, targets = jepa_masks(6, (64, 8), 0.0, cfg, torch.Generator().manual_seed(seed))
+        sizes = {t.shape[1] for t in targets}
+        assert len(sizes) == 1  # the same block size for every target and every clip
+    _, targets = jepa_masks(6, (64, 8), 0.0, JepaMaskConfig(block_sizes="independent"), torch.Generator().manual_seed(0))
+    assert len({t.shape[1] for t in targets}) > 1

@@ -172,3 +172,33 @@ def test_config_typos_are_errors_that_list_valid_keys(synth_root, capsys):
         pretrain(base + ["--data.batch_sise", "3"])
     err = capsys.readouterr().err
     assert "did you mean 'batch_size'" in err and "valid data keys" in err and "num_workers" in err
+
+
+AS_PRETRAIN = {"eat_base_as2m.yaml": -4.268, "sslam_base_as2m.yaml": -4.268, "mae_base_as2m.yaml": -4.2677393,
+               "jepa_base_as2m.yaml": -4.268}
+AS_FINETUNE = {"as20k.yaml": -4.268, "as2m.yaml": -4.268, "as2m_sslam.yaml": -4.268, "as20k_audiomae.yaml": -4.2677393,
+               "as2m_audiomae.yaml": -4.2677393, "as2m_ast.yaml": -4.2677393, "as20k_ast.yaml": -4.2677393}
+
+
+def test_audioset_recipes_pin_the_reference_normalisation(synth_root, tmp_path):
+    """Dataset statistics (``audiossl stats``) must not replace the reference constants the AudioSet recipes follow;
+    the MAE recipe decays by AudioMAE's 1e-4 and decodes with its local windows."""
+    from audiossl.finetune import FinetuneModule
+    from audiossl.models.swin_decoder import SwinDecoder
+    from audiossl.objectives import PretrainModule
+    from audiossl.objectives.base import resolve_front_end
+
+    other = {"mean": -1.0, "std": 1.0}  # what a user's copy could measure
+    for name, mean in AS_PRETRAIN.items():
+        cli = build_cli(PretrainModule, ["--config", config("pretrain", name), "--data.root", synth_root,
+                                         "--trainer.default_root_dir", str(tmp_path), *CPU], "runs/pretrain", True)
+        fe = resolve_front_end(cli.model._front_end_spec, other)
+        assert (fe.mean, fe.std) == (mean, 4.569 if mean == -4.268 else 4.5689974), name
+        if name.startswith("mae"):
+            assert cli.model.hparams.weight_decay == 1e-4 and isinstance(cli.model.decoder, SwinDecoder)
+            assert len(cli.model.decoder.blocks) == 16 and cli.model.decoder.dim == 512
+    for name, mean in AS_FINETUNE.items():
+        cli = build_cli(FinetuneModule, ["--config", config("finetune", name), "--data.root", synth_root,
+                                         "--trainer.default_root_dir", str(tmp_path), *CPU], "runs/finetune", False)
+        cli.model.build(16, [str(i) for i in range(16)], True, other)
+        assert cli.model.model.front_end.config.mean == mean, name

@@ -30,6 +30,7 @@ import torch
 
 from audiossl.masking import inverse_block_mask
 from audiossl.models.decoders import CNNDecoder2d
+from audiossl.models.init import reference_init_
 from audiossl.objectives.base import PretrainModule
 from audiossl.objectives.ema import EMATeacher
 from audiossl.objectives.targets import d2v_regression, feature_std, layer_targets, masked_mean
@@ -80,6 +81,8 @@ class EAT(PretrainModule):
         ema_start: float = 0.9998,
         ema_end: float = 0.99999,
         ema_anneal_steps: int = 100_000,
+        cls_init_std: float | None = 1.0,
+        patch_bias_init: str = "default",
         **kwargs,
     ):
         """
@@ -94,8 +97,12 @@ class EAT(PretrainModule):
             decoder_layers/decoder_kernel/decoder_groups/decoder_dim: the CNN decoder (6 x kernel 3, 16 groups).
             mask_noise_std: std of the noise filling masked slots at the decoder input.
             ema_start/ema_end/ema_anneal_steps: teacher decay, annealed linearly (0.9998 -> 0.99999 over 100k).
+            cls_init_std: the CLS token's initial N(0, std) (EAT/SSLAM: ``nn.init.normal_``, std 1; ``null``: the
+                encoder's 0.02).
+            patch_bias_init: ``default`` (PyTorch's Conv2d draw, as EAT leaves it) or ``zeros``.
         """
         super().__init__(encoder=encoder, **kwargs)
+        reference_init_(self.encoder, "default", cls_init_std, patch_bias_init)  # before the teacher copies it
         D = self.encoder.embed_dim
         self.top_k = average_top_k or self.encoder.config.depth
         self.decoder = CNNDecoder2d(D, decoder_dim, decoder_layers, decoder_kernel, decoder_groups, mask_noise_std)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from audiossl.masking import JepaMaskConfig, jepa_masks
 from audiossl.models.decoders import TokenDecoder
+from audiossl.models.init import reference_init_, rescale_residual_branches_
 from audiossl.objectives.base import PretrainModule, total_steps
 from audiossl.objectives.ema import EMATeacher
 from audiossl.objectives.eat import gather_tokens
@@ -50,6 +51,8 @@ class JEPA(PretrainModule):
         ema_start: float = 0.996,
         ema_end: float = 1.0,
         ema_anneal_steps: int = 100_000,
+        weight_init: str = "ijepa",
+        block_sizes: str = "ijepa",
         **kwargs,
     ):
         """
@@ -64,12 +67,22 @@ class JEPA(PretrainModule):
             tf_max: final probability that a target block is a tf-aware strip.
             loss_type: ``mse`` (A-JEPA's L2) or ``smooth_l1`` (I-JEPA).
             ema_start/ema_end/ema_anneal_steps: target-encoder decay schedule.
+            block_sizes: ``ijepa`` (one size per batch for every random target block, scale and aspect from one
+                uniform, as I-JEPA's collator) or ``independent`` (each block its own scale and log-uniform aspect).
+            weight_init: ``ijepa`` (trunc-normal 0.02 everywhere, the patch embedding too, zero biases, and
+                ``fix_init_weight``'s residual-branch rescaling by 1/sqrt(2 l) in encoder and predictor) or
+                ``default`` (the encoder's own init).
         """
         super().__init__(encoder=encoder, **kwargs)
         if loss_type not in ("mse", "smooth_l1"):
             raise ValueError(f"loss_type must be 'mse' or 'smooth_l1', got {loss_type!r}")
         D = self.encoder.embed_dim
         self.predictor = TokenDecoder(D, predictor_dim, predictor_depth, predictor_heads, out_dim=D)
+        if weight_init == "ijepa":
+            reference_init_(self.encoder, "ijepa")
+            rescale_residual_branches_(self.predictor.blocks)
+        elif weight_init != "default":
+            raise ValueError(f"weight_init must be 'ijepa' or 'default', got {weight_init!r}")
         self.teacher = EMATeacher(self.encoder, ema_start, ema_end, ema_anneal_steps)
         self.mask_cfg = JepaMaskConfig(
             num_targets=num_targets,
@@ -79,6 +92,7 @@ class JEPA(PretrainModule):
             strip_scale=tuple(strip_scale),
             curriculum_steps=curriculum_steps,
             tf_max=tf_max,
+            block_sizes=block_sizes,
         )
 
     def progress(self) -> float:

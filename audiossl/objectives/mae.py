@@ -3,11 +3,13 @@
 1. ``random_mask``: 80% of the patches are masked uniformly at random; the encoder sees the visible 20% (+ CLS).
 2. ``decoder``: a narrow transformer; the visible tokens are projected to its width, learned mask tokens take the
    masked positions, fixed sin-cos positions are added, and each masked position predicts its 16x16 patch.
+   ``decoder_type: swin`` is AudioMAE's own (``decoder_mode 1``): Swin blocks with 4x4 local windows, the shift
+   alternating (0, 0) / (2, 0) (``audiossl.models.swin_decoder``); ``global``: pre-LN blocks with global attention.
 3. ``target``: the patch's normalised values (``norm_pix_loss``: per-patch mean and variance removed, eps 1e-6).
 4. ``loss``: mean over masked patches of the per-patch mean squared error.
 
-AudioMAE's decoder uses shifted local-window attention; this decoder uses global attention (``decoder_depth`` /
-``decoder_dim`` configurable) and does not pass the CLS token to the decoder.
+Neither decoder sees the CLS token (AudioMAE's ``decoder_mode 1`` drops it too). Initialisation is AudioMAE's
+(``weight_init: xavier``): every Linear xavier-uniform, the patch-embedding bias PyTorch's Conv2d draw.
 
 Padding (``num_frames``): masks over each clip's real patches, padding out of the encoder's and the decoder's
 attention, and only real masked patches in the loss.
@@ -19,6 +21,8 @@ import torch
 
 from audiossl.masking import random_mask
 from audiossl.models.decoders import TokenDecoder
+from audiossl.models.init import reference_init_, xavier_linears_
+from audiossl.models.swin_decoder import SwinDecoder
 from audiossl.objectives.base import PretrainModule
 from audiossl.objectives.eat import gather_tokens
 from audiossl.objectives.targets import feature_std
@@ -60,6 +64,11 @@ class MAE(PretrainModule):
         decoder_depth: int = 8,
         decoder_heads: int = 16,
         norm_pix_loss: bool = True,
+        decoder_type: str = "global",
+        decoder_window: tuple[int, int] = (4, 4),
+        decoder_shift: tuple[int, int] = (2, 0),
+        weight_init: str = "xavier",
+        patch_bias_init: str = "default",
         **kwargs,
     ):
         """
@@ -68,12 +77,28 @@ class MAE(PretrainModule):
             mask_ratio: fraction of patches masked (0.8).
             decoder_dim/decoder_depth/decoder_heads: the reconstruction decoder (AudioMAE: 512 wide, 16 heads).
             norm_pix_loss: reconstruct per-patch normalised values (AudioMAE's setting) instead of raw values.
+            decoder_type: ``global`` (pre-LN transformer) or ``swin`` (AudioMAE's local windows: 16 blocks, 512 wide,
+                16 heads, ``decoder_window`` 4x4, ``decoder_shift`` (2, 0) on every other block).
+            weight_init: ``xavier`` (AudioMAE: every Linear xavier-uniform) or ``default`` (the encoder's 0.02).
+            patch_bias_init: ``default`` (PyTorch's Conv2d draw, as AudioMAE leaves it) or ``zeros``.
         """
         super().__init__(encoder=encoder, **kwargs)
         p = self.encoder.config.patch_size
         if self.encoder.config.patch_stride != p:
             raise ValueError("MAE reconstruction needs non-overlapping patches (patch_stride == patch_size)")
-        self.decoder = TokenDecoder(self.encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, out_dim=p * p)
+        if weight_init not in ("xavier", "default"):
+            raise ValueError(f"weight_init must be 'xavier' or 'default', got {weight_init!r}")
+        reference_init_(self.encoder, weight_init, None, patch_bias_init)
+        D = self.encoder.embed_dim
+        if decoder_type == "swin":
+            self.decoder = SwinDecoder(D, decoder_dim, decoder_depth, decoder_heads, out_dim=p * p,
+                                       window=tuple(decoder_window), shift=tuple(decoder_shift))
+        elif decoder_type == "global":
+            self.decoder = TokenDecoder(D, decoder_dim, decoder_depth, decoder_heads, out_dim=p * p)
+            if weight_init == "xavier":
+                xavier_linears_(self.decoder)
+        else:
+            raise ValueError(f"decoder_type must be 'global' or 'swin', got {decoder_type!r}")
 
     def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
                      num_frames: torch.Tensor | None = None) -> dict:
