@@ -3,9 +3,11 @@
 * ``average_precision``: per class, scikit-learn's ``average_precision_score`` (step-wise
   ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds), via torchmetrics.
 * ``mAP``: mean of the per-class APs over the classes that have at least one positive. A class without positives
-  has no defined AP and is left out; AST/EAT take ``np.nanmean`` of scikit-learn's values, and recent scikit-learn
-  returns 0.0 (not NaN) for such a class, so on an evaluation set missing some classes their mAP counts them as 0
-  and comes out lower. On AudioSet's eval set every class has positives and the two agree.
+  has no defined AP and is left out. The references differ here: EAT (``tasks/finetuning.py``, ``evaluation/eval.py``)
+  takes ``np.nanmean`` of scikit-learn's per-class APs, but scikit-learn (1.3.2, EAT's pin, and later) returns 0.0
+  with a warning, not NaN, for a class without positives, so EAT counts such a class as 0 -- that number is
+  ``mAP_all_classes``; AST (``traintest.py``) takes ``np.mean`` of its per-class stats, and its ``roc_auc_score`` call
+  would raise on such a class. On AudioSet's eval set every class has positives and all of these agree.
 * ``mAUC`` and ``d_prime = sqrt(2) * Phi^-1(AUC)`` (AST's definition), averaged over classes with both labels.
 * ``accuracy``: top-1; for multi-label targets, whether the top-scoring class is one of the positives.
 """
@@ -71,6 +73,7 @@ def classification_metrics(scores: torch.Tensor, targets: torch.Tensor) -> dict:
     correct = targets[torch.arange(N), top1] > 0.5
     return {
         "mAP": _nanmean(ap),
+        "mAP_all_classes": float(torch.nan_to_num(ap, nan=0.0).mean()) if C else float("nan"),
         "mAUC": m_auc,
         "d_prime": d_prime(m_auc) if not math.isnan(m_auc) else float("nan"),
         "accuracy": float(correct.float().mean()) if N else float("nan"),
