@@ -45,15 +45,16 @@ def beta(a: float, b: float, shape, generator: torch.Generator | None = None, de
 
 
 def roll_and_gain(wave: torch.Tensor, generator: torch.Generator | None = None,
-                  num_samples: torch.Tensor | None = None) -> torch.Tensor:
+                  num_samples: torch.Tensor | None = None, shift: bool = True) -> torch.Tensor:
     """``[B, N]`` -> ``[B, N]``: per-clip random circular shift and Beta(10, 10) + 0.5 gain.
 
     With ``num_samples [B]`` only each row's real samples are rolled (the zero padding after them stays put), as
-    the reference rolls the clip before padding it.
+    the reference rolls the clip before padding it. ``shift=False``: the gain only -- AudioMAE's ``_roll_mag_aug``
+    draws its offset as ``randint(len(waveform))`` of the ``[1, N]`` tensor, i.e. 0 (EAT rolls the 1-D array).
     """
     B, N = wave.shape
     n = torch.full((B,), N, device=wave.device) if num_samples is None else num_samples.to(wave.device).clamp(1, N)
-    shift = (_rand((B,), generator, wave.device) * n).long()  # [B] in [0, n)
+    shift = (_rand((B,), generator, wave.device) * n).long() * int(shift)  # [B] in [0, n)
     j = torch.arange(N, device=wave.device)[None, :]  # [1, N]
     idx = torch.where(j < n[:, None], (j - shift[:, None]) % n[:, None], j)  # [B, N]
     gain = beta(10, 10, (B,), generator, wave.device) + 0.5

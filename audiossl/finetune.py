@@ -140,6 +140,7 @@ class FinetuneModule(L.LightningModule):
         specaug_time: float | None = None,
         specaug_before_norm: bool = False,
         bce_reduction: str = "positives",
+        roll_shift: bool = True,
     ):
         """
         Args:
@@ -159,7 +160,8 @@ class FinetuneModule(L.LightningModule):
             specaug_ratio: SpecAugment mask sizes as a fraction of the mel bins / target frames (0 disables it);
                 ``specaug_freq``/``specaug_time``: absolute sizes instead (AST/AudioMAE: 48 / 192);
                 ``specaug_before_norm``: masked bins hold the log-mel zero (AST, AudioMAE), not the normalised zero.
-            roll: random circular shift + gain of the waveform.
+            roll: random circular shift + gain of the waveform; ``roll_shift: false`` keeps the gain only (AudioMAE's
+                roll is a no-op: its offset is drawn from the length of a ``[1, N]`` tensor).
             label_smoothing: for single-label cross-entropy (ESC-50: 0.1); not applied under mixup (EAT) unless
                 ``smoothing_under_mixup``.
             seed: seeds the per-step augmentation draws (with the rank and step).
@@ -324,7 +326,7 @@ class FinetuneModule(L.LightningModule):
         audio = batch["audio"]
         n = batch.get("num_samples")
         if hp.roll:
-            audio = roll_and_gain(audio, g, n)
+            audio = roll_and_gain(audio, g, n, shift=bool(hp.get("roll_shift", True)))
         target = batch["target"]
         mixed = False
         pair = hp.get("mixup_style", "batch") == "pair"
@@ -398,12 +400,13 @@ class FinetuneModule(L.LightningModule):
         """Append this validation to ``RUN/val_history.jsonl`` (rank 0; not during the sanity check): the record the
         recipes' test-selected ("best") summaries are computed from."""
         t = self._trainer
-        if t is None or t.sanity_checking or not t.is_global_zero or not t.default_root_dir:
+        root = getattr(t, "default_root_dir", None)
+        if t is None or getattr(t, "sanity_checking", False) or not getattr(t, "is_global_zero", False) or not root:
             return
         row = {"step": int(self.global_step), "epoch": int(self.current_epoch), "num_clips": int(num_clips),
                **{k: (None if m[k] != m[k] else float(m[k])) for k in ("mAP", "mAUC", "d_prime", "accuracy")}}
-        os.makedirs(t.default_root_dir, exist_ok=True)
-        with open(os.path.join(t.default_root_dir, "val_history.jsonl"), "a") as f:
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "val_history.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
 
     # --- optimisation --------------------------------------------------------------------------------------------

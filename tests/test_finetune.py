@@ -178,6 +178,15 @@ def test_roll_and_gain_is_a_circular_shift_times_a_gain():
         assert ratios[s] < 1e-5 and 0.5 < gain < 1.5
 
 
+def test_gain_only_is_audiomae_roll_mag_aug():
+    """AudioMAE ``_roll_mag_aug``: ``np.roll(waveform, randint(len(waveform)))`` on the ``[1, N]`` tensor from
+    torchaudio.load rolls by 0, then x (Beta(10, 10) + 0.5): the waveform scaled, not shifted."""
+    w = torch.randn(4, 500)
+    out = roll_and_gain(w, torch.Generator().manual_seed(0), shift=False)
+    gains = out / w
+    assert torch.allclose(gains, gains[:, :1].expand_as(gains), atol=1e-5) and not torch.allclose(out, w)
+
+
 # --- layer decay, linear probe, init errors --------------------------------------------------------------------------
 def test_layer_decay_scales_follow_eat():
     enc = create_encoder("vit_base", depth=4, embed_dim=64, num_heads=4, block_style="post")

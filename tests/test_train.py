@@ -118,6 +118,14 @@ def test_init_from_continues_student_decoder_and_teacher_exactly(eat_run):
               unmixed_frames=32)
     with pytest.warns(UserWarning, match=r"entries besides the encoder start fresh.*decoder\.convs\.0\.weight"):
         m.load_init(init)
+    # another normalisation than the one the EAT encoder was trained with is named, with the checkpoint's
+    fe = torch.load(init, map_location="cpu", weights_only=True)["audiossl"]["front_end"]
+    m = SSLAM(encoder={"name": "vit_tiny", "depth": 4, "embed_dim": 128, "num_heads": 4, "block_style": "post"},
+              front_end={"target_length": 192, "mean": -5.0, "std": 4.0}, clone_batch=4, mask_block=3,
+              decoder_layers=3, unmixed_frames=32)
+    with pytest.warns(UserWarning, match=rf"mean -5\.0000, std 4\.0000 from the config's front_end.*trained with mean "
+                                         rf"{fe['mean']:.4f}"):
+        m.load_init(init)
 
 
 STOPS = {
