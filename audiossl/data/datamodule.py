@@ -29,8 +29,10 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from audiossl.data import storage
 from audiossl.data.manifest import Manifest, read_manifest
 from audiossl.data.pipeline import EvalStream, ShardRef, TrainStream, batches_per_rank, shard_refs
+from audiossl.data.writer import parse_size
 from audiossl.errors import DatasetError
 
 log = logging.getLogger("audiossl.data")
@@ -69,7 +71,8 @@ class AudioDataModule(L.LightningDataModule):
     """Sharded audio prepared by ``audiossl prep``, streamed for training and evaluation.
 
     Args:
-        root: dataset folder holding ``manifest.json`` and the shards.
+        root: dataset folder holding ``manifest.json`` and the shards, or its URL: ``s3://bucket/prefix``,
+            ``gs://...``, ``https://host/path``, ``pipe:COMMAND`` (:mod:`audiossl.data.storage`).
         train_split: training split; several joined with ``+`` (``balanced_train+unbalanced_train``) read as one.
         eval_split: evaluation split (default: ``eval`` if the dataset has it, else the manifest's evaluation split,
             else none).
@@ -85,6 +88,13 @@ class AudioDataModule(L.LightningDataModule):
         shuffle_buffer: samples in each worker's shuffle buffer (raw FLAC bytes, ~190 kB per 10 s clip).
         open_shards: shards each training reader streams at once, its samples a seeded random merge of theirs, so
             consecutive samples come from different shards even when a shard is sorted by label.
+        cache_dir: for a URL ``root``: a local folder where every shard read in full is kept (shared by all workers
+            and ranks of the machine), so later epochs read it from disk.
+        cache_max_bytes: the cache's size bound (``"200G"``, ``"512M"`` or bytes); least recently used shards go.
+        retries: attempts after the first for each remote request that fails transiently (connection reset, time-out,
+            5xx, throttling), with exponential back-off from ``retry_wait`` seconds; a shard still failing is skipped,
+            counted and reported, and the batch counts stay the same.
+        retry_wait: seconds before the first retry (doubled each time, with jitter, at most 30 s).
         epoch_size: training samples per epoch over all ranks (default: the training set's size); each rank yields
             ``epoch_size // (world_size * batch_size)`` batches.
         seed: seeds shard order, shuffling and crops; a run is reproducible from it.
@@ -108,6 +118,10 @@ class AudioDataModule(L.LightningDataModule):
         weighted: bool = False,
         pin_memory: bool | None = None,
         open_shards: int = 8,
+        cache_dir: str | None = None,
+        cache_max_bytes: int | str = "50G",
+        retries: int = 5,
+        retry_wait: float = 1.0,
     ):
         super().__init__()
         if batch_size < 1:
@@ -124,8 +138,20 @@ class AudioDataModule(L.LightningDataModule):
             raise DatasetError(f"epoch_size must be >= 1, got {epoch_size}")
         if open_shards < 1:
             raise DatasetError(f"open_shards must be >= 1, got {open_shards}")
+        if retries < 0 or retry_wait < 0:
+            raise DatasetError(f"retries and retry_wait must be >= 0, got {retries}, {retry_wait}")
+        try:
+            max_bytes = parse_size(str(cache_max_bytes))
+        except Exception:
+            raise DatasetError(f"cache_max_bytes {cache_max_bytes!r} is not a size (use e.g. 200G or 512M)") from None
+        if storage.is_url(root):
+            storage.check_url(str(root))  # an unsupported scheme or a missing extra: a clear error now
+        elif cache_dir is not None:
+            log.info("%s is a local folder: cache_dir %s is not used", root, cache_dir)
         self.save_hyperparameters()
         self.root = str(root)
+        self.io_options = storage.IOOptions(retries=retries, retry_wait=retry_wait, cache_dir=cache_dir,
+                                            cache_max_bytes=max_bytes)
         self.train_split = train_split
         self._eval_split = eval_split
         self.eval_fold = eval_fold
@@ -329,6 +355,7 @@ class AudioDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world_size,
             open_shards=self.open_shards,
+            io_options=self.io_options,
         )
 
     def eval_dataset(self, rank: int | None = None, world_size: int | None = None) -> EvalStream | None:
@@ -347,6 +374,7 @@ class AudioDataModule(L.LightningDataModule):
             batch_size=self.eval_batch_size,
             rank=r if rank is None else rank,
             world_size=w if world_size is None else world_size,
+            io_options=self.io_options,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -484,7 +512,7 @@ class AudioDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         m = self.manifest
-        return (f"{Path(self.root).name}: {m.num_classes} classes ({'multi' if m.multi_label else 'single'}-label), "
+        return (f"{storage.display_name(self.root)}: {m.num_classes} classes ({'multi' if m.multi_label else 'single'}-label), "
                 f"train {self.train_split} ({self.train_size} clips), eval "
                 f"{self.eval_split if self.eval_fold is None else f'fold {self.eval_fold}'}, "
                 f"{self.clip_seconds:g} s clips at {self.sample_rate} Hz")

@@ -23,6 +23,9 @@ Layout of a dataset folder::
      "stats": {"mean": m, "std": s, "method": ..., ...} | null,   # set by `audiossl stats`
      "ontology": {group: [class names]} | null}
 
+``DIR`` may also be a URL (``s3://``, ``gs://``, ``https://``, ``pipe:``; :mod:`audiossl.data.storage`): the manifest is
+read from ``DIR/manifest.json`` there and every path in it is relative to ``DIR``.
+
 Only shards listed here exist as far as readers are concerned: a crashed or running conversion never has its
 half-written shards listed.
 """
@@ -34,6 +37,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from audiossl.data import storage
 from audiossl.data.labels import LabelSpace
 from audiossl.errors import DatasetError, DatasetNotFoundError, SplitNotFoundError
 
@@ -215,8 +219,23 @@ def manifest_path(root: str | Path) -> Path:
 
 
 def read_manifest(root: str | Path) -> Manifest:
-    """Read ``DIR/manifest.json``; clear errors for a missing folder, a missing or damaged manifest."""
-    root = Path(root)
+    """Read ``ROOT/manifest.json`` (a local folder or a URL, :mod:`audiossl.data.storage`); clear errors for a missing
+    folder, a missing or damaged manifest, an unsupported URL."""
+    if storage.is_url(root):
+        url = storage.join(root, MANIFEST_NAME)
+        storage.check_url(str(root))
+        try:
+            data = storage.read_bytes(url)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(
+                f"no dataset at {root}: {MANIFEST_NAME} is not there; build it with `audiossl prep NAME ... --out "
+                f"{root}` (a conversion that has not finished has no manifest yet)") from None
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{url} is not valid JSON ({e}); re-run `audiossl prep`") from None
+        return Manifest.from_dict(d, url)
+    root = Path(storage.local_path(root))
     path = manifest_path(root)
     if not path.is_file():
         what = "does not exist" if not root.exists() else ("is a file" if root.is_file() else "has no manifest.json")
@@ -232,6 +251,9 @@ def read_manifest(root: str | Path) -> Manifest:
 
 
 def write_manifest(root: str | Path, manifest: Manifest) -> None:
-    """Write ``DIR/manifest.json`` atomically."""
-    text = json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False) + "\n"
-    atomic_write(manifest_path(root), text.encode("utf-8"))
+    """Write ``ROOT/manifest.json`` atomically (a local rename, or one PUT of the object)."""
+    data = (json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    if storage.is_url(root):
+        storage.write_bytes(storage.join(root, MANIFEST_NAME), data)
+    else:
+        atomic_write(manifest_path(storage.local_path(root)), data)

@@ -31,8 +31,10 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +46,7 @@ import numpy as np
 import webdataset as wds
 
 from audiossl import audio
+from audiossl.data import storage
 from audiossl.data.labels import LabelSpace
 from audiossl.data.manifest import (
     MANIFEST_NAME,
@@ -186,7 +189,8 @@ def add_writer_args(parser: argparse.ArgumentParser, seed: bool = True) -> None:
     ``--seed`` (unless the converter has its own, ``seed=False``, which then also seeds the order), ``--keep-order``,
     ``--quiet`` to a converter's parser."""
     g = parser.add_argument_group("output")
-    g.add_argument("--out", required=True, help="dataset folder to (over)write: manifest.json + {split}/*.tar")
+    g.add_argument("--out", required=True, help="dataset folder to (over)write: manifest.json + {split}/*.tar; or "
+                   "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (staged locally, each shard uploaded when complete)")
     g.add_argument("--workers", type=int, default=default_workers(), help="decode/encode processes (0: in-process)")
     g.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     g.add_argument("--max-shard-bytes", type=parse_size, default=1 << 30, help="size cap per shard (default 1G)")
@@ -200,7 +204,10 @@ def add_writer_args(parser: argparse.ArgumentParser, seed: bool = True) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> WriterOptions:
-    output_dir(args.out, create=False)  # a file in the way: an error before any work
+    if storage.is_url(args.out):  # an unsupported or read-only URL: an error before any work
+        storage.check_url(args.out, write=True, what="--out")
+    else:
+        output_dir(args.out, create=False)  # a file in the way: an error before any work
     return WriterOptions(
         shard_size=args.shard_size,
         max_shard_bytes=args.max_shard_bytes,
@@ -302,8 +309,10 @@ def _file_bytes(members: int) -> int:
 class _SplitWriter:
     """Writes one split's shards: ``{split}/{split}-NNNNNN.tar.tmp`` -> fsync -> rename to ``.tar``."""
 
-    def __init__(self, root: Path, split: str, shard_size: int, max_bytes: int):
+    def __init__(self, root: Path, split: str, shard_size: int, max_bytes: int,
+                 on_shard: Callable[[Path, str], None] | None = None):
         self.root, self.split = root, split
+        self.on_shard = on_shard  # called with (local file, path in the dataset) once a shard is complete
         self.shard_size, self.max_bytes = shard_size, max_bytes
         self.dir = root / split
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -360,10 +369,11 @@ class _SplitWriter:
         final = self._tmp.with_suffix("")  # drop ".tmp"
         os.replace(self._tmp, final)
         folds = None if any(f is None for f in self._folds) else [int(f) for f in self._folds]
-        self.info.shards.append(
-            ShardInfo(f"{self.split}/{final.name}", self._count, self._duration, final.stat().st_size, folds)
-        )
+        rel = f"{self.split}/{final.name}"
+        self.info.shards.append(ShardInfo(rel, self._count, self._duration, final.stat().st_size, folds))
         self._tar = self._file = self._tmp = None
+        if self.on_shard is not None:
+            self.on_shard(final, rel)
 
     def close(self) -> SplitInfo:
         if self._tar is not None:
@@ -462,6 +472,36 @@ def write_rejected(root: Path, rejected: Sequence[tuple[str, str]]) -> None:
     atomic_write(root / REJECTED_NAME, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
+class _Upload:
+    """Publishes a dataset written in a local staging folder to ``url`` (s3://, gs://): clears what a previous run
+    left there (its manifest first), uploads each shard as soon as it is complete (one atomic PUT; the local copy is
+    then deleted, so staging holds at most one shard per split), then the weights and ``rejected.tsv``; the caller
+    writes the manifest last."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def clear_previous(self) -> None:
+        try:
+            old_splits = list(read_manifest(self.url).splits)
+        except Exception:
+            old_splits = []
+        storage.remove([storage.join(self.url, MANIFEST_NAME)])  # from here on nothing stale is listed
+        for split in old_splits:
+            self.clear_split(split)
+        storage.remove([storage.join(self.url, REJECTED_NAME)])
+
+    def clear_split(self, split: str) -> None:
+        old = storage.glob(storage.join(self.url, f"{split}/{split}-*.tar"))
+        storage.remove([u for u in old if re.fullmatch(re.escape(split) + r"-\d+\.tar", u.rsplit("/", 1)[-1])]
+                       + [storage.join(self.url, f"{split}_weights.csv")])
+
+    def put(self, local: Path, rel: str, delete: bool = False) -> None:
+        storage.put_file(local, storage.join(self.url, rel))
+        if delete:
+            local.unlink()
+
+
 def write_dataset(
     out: str | Path,
     clips: Iterable[Clip],
@@ -476,15 +516,32 @@ def write_dataset(
 ) -> WriteReport:
     """Write ``clips`` as a sharded dataset in ``out`` (see the module docstring); returns a :class:`WriteReport`.
 
+    ``out``: a local folder, or an ``s3://`` / ``gs://`` URL: the dataset is then written in a local staging folder
+    (``tempfile``'s, i.e. ``$TMPDIR``) and each finished shard uploaded at once, the manifest last (see
+    :class:`_Upload`).
     ``clips``: a sequence (a list or a :class:`LazyClips`; any other iterable is read into a list first, as the
     shuffle needs random access). ``rejected`` holds ``(source, reason)`` pairs the converter already found bad
     (reason ``"missing"`` for inputs that do not exist); they go to ``rejected.tsv`` first, followed by what fails
     here, in input order.
     """
+    options = options or WriterOptions()
+    if storage.is_url(out):
+        storage.check_url(str(out), write=True, what="--out")
+        staging = tempfile.mkdtemp(prefix="audiossl-prep-")
+        try:
+            return _write(Path(staging), str(out), _Upload(str(out)), clips, labels, multi_label, options, params, rejected,
+                          evaluation, ontology)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    root = output_dir(out)
+    return _write(root, str(root), None, clips, labels, multi_label, options, params, rejected, evaluation, ontology)
+
+
+def _write(root: Path, where: str, upload: _Upload | None, clips, labels, multi_label, options, params, rejected,
+           evaluation, ontology) -> WriteReport:
+    """:func:`write_dataset` into the local folder ``root`` (published by ``upload`` when ``where`` is a URL)."""
     from tqdm import tqdm
 
-    options = options or WriterOptions()
-    root = output_dir(out)
     seq: Sequence[Clip] = clips if isinstance(clips, Sequence) else list(clips)
     order, early_bad = writing_order(seq, options.seed, options.keep_order)
     cleared = False  # the previous dataset in ``out`` stays until the first clip is ready to be written
@@ -492,8 +549,9 @@ def write_dataset(
     writers: dict[str, _SplitWriter] = {}
     late_bad: list[tuple[int, str, str]] = []  # (input index, source, reason) of clips that failed to encode
     t0 = time.perf_counter()
-    bar = tqdm(total=len(order), unit="clip", desc=f"writing {root.name}", disable=not options.progress,
-               smoothing=0.05)
+    bar = tqdm(total=len(order), unit="clip", desc=f"writing {storage.display_name(where)}",
+               disable=not options.progress, smoothing=0.05)
+    on_shard = None if upload is None else (lambda local, rel: upload.put(local, rel, delete=True))
     try:
         results = _ordered_map((seq[int(i)] for i in order), target_rate, options.workers)
         for index, result in zip(order, results):
@@ -505,10 +563,15 @@ def write_dataset(
             w = writers.get(clip.split)
             if not cleared:
                 _clear_previous(root)
+                if upload is not None:
+                    upload.clear_previous()
                 cleared = True
             if w is None:
                 _remove_split_files(root, clip.split)
-                w = writers[clip.split] = _SplitWriter(root, clip.split, options.shard_size, options.max_shard_bytes)
+                if upload is not None:
+                    upload.clear_split(clip.split)
+                w = writers[clip.split] = _SplitWriter(root, clip.split, options.shard_size, options.max_shard_bytes,
+                                                       on_shard)
             w.add(clip.key, flac, js, duration, clip.meta, rate)
     except BaseException:
         for w in writers.values():
@@ -518,14 +581,19 @@ def write_dataset(
         bar.close()
     bad: list[tuple[str, str]] = list(rejected) + [(s, r) for _, s, r in sorted(early_bad + late_bad)]
     if not writers:
-        _refuse_empty(root, bad, previous=manifest_path(root).exists())
+        previous = storage.exists(storage.join(where, MANIFEST_NAME)) if upload else manifest_path(root).exists()
+        _refuse_empty(root, where, upload, bad, previous=previous)
     splits = {name: w.close() for name, w in writers.items()}
     for name, w in writers.items():
         if w.weights:  # in shard order, as the training stream reads them
             rows = ["key,weight"] + [f"{k},{v:.6g}" for k, v in w.weights]
             atomic_write(root / f"{name}_weights.csv", ("\n".join(rows) + "\n").encode("utf-8"))
             splits[name].weights = f"{name}_weights.csv"
+            if upload is not None:
+                upload.put(root / f"{name}_weights.csv", f"{name}_weights.csv")
     write_rejected(root, bad)
+    if upload is not None:
+        upload.put(root / REJECTED_NAME, REJECTED_NAME)
     rates = set().union(*(w.rates for w in writers.values())) if writers else {target_rate or options.sample_rate}
     run_params = dict(params or {})
     run_params.update(
@@ -545,27 +613,29 @@ def write_dataset(
         evaluation=evaluation,
         ontology=ontology,
     )
-    write_manifest(root, manifest)  # last: from here on the dataset exists
+    write_manifest(where, manifest)  # last: from here on the dataset exists
     report = WriteReport(manifest, {k: v.samples for k, v in splits.items()}, bad, time.perf_counter() - t0)
-    _print_summary(root, report)
+    _print_summary(where, report)
     return report
 
 
-def _refuse_empty(root: Path, bad: list[tuple[str, str]], previous: bool) -> None:
-    """No clip made it: an error that says why, leaving a dataset already in ``root`` as it was."""
+def _refuse_empty(root: Path, where: str, upload: _Upload | None, bad: list[tuple[str, str]], previous: bool) -> None:
+    """No clip made it: an error that says why, leaving a dataset already in ``where`` as it was."""
     missing = sum(1 for _, r in bad if r == "missing")
     reasons = "; ".join(f"{s}: {r}" for s, r in bad[:3]) + ("; ..." if len(bad) > 3 else "")
     if bad and not previous:
         write_rejected(root, bad)
-    where = f" (listed in {root / REJECTED_NAME})" if bad and not previous else ""
-    kept = f"; the dataset already in {root} was left as it was" if previous else ""
+        if upload is not None:
+            upload.put(root / REJECTED_NAME, REJECTED_NAME)
+    listed = f" (listed in {storage.join(where, REJECTED_NAME)})" if bad and not previous else ""
+    kept = f"; the dataset already in {where} was left as it was" if previous else ""
     raise DatasetError(
-        f"no clip was written to {root}: {len(bad) - missing} inputs rejected, {missing} missing{where}"
+        f"no clip was written to {where}: {len(bad) - missing} inputs rejected, {missing} missing{listed}"
         + (f" - {reasons}" if reasons else " - the input lists no clips") + kept
     )
 
 
-def _print_summary(root: Path, r: WriteReport) -> None:
+def _print_summary(root: str, r: WriteReport) -> None:
     per_split = ", ".join(
         f"{name}: {info.samples} clips in {len(info.shards)} shards ({info.duration / 3600:.2f} h)"
         for name, info in r.manifest.splits.items()
@@ -576,5 +646,5 @@ def _print_summary(root: Path, r: WriteReport) -> None:
     if per_split:
         print(f"  {per_split}")
     if r.rejected:
-        print(f"  rejected and missing inputs are listed with the reason in {root / REJECTED_NAME}")
+        print(f"  rejected and missing inputs are listed with the reason in {storage.join(root, REJECTED_NAME)}")
     sys.stdout.flush()
