@@ -37,6 +37,12 @@ Training (:class:`TrainStream`), per epoch ``e``:
 Evaluation (:class:`EvalStream`): shards in manifest order dealt round-robin to slots (or every S-th sample with
 fewer shards), each sample read once, the first ``clip_samples`` kept (zero-padded), bad samples skipped and counted;
 the union over all ranks and workers is every sample exactly once.
+
+Shards may be local files or URLs (:mod:`audiossl.data.storage`): a stream reads them through one
+:class:`~audiossl.data.storage.ShardReader`, which fetches remote shards ahead (the open ones and the next), retries
+transient faults, and may keep them in a local cache. A shard that still cannot be read is skipped, counted as an
+``unreadable shard`` and not tried again by that stream; training replaces its samples like any bad sample, so the
+batch counts stay the same on every rank.
 """
 
 from __future__ import annotations
@@ -230,7 +236,7 @@ class _Samples:
             log.warning("%s: skipped %d bad samples so far (%s)", self.where, sum(self.bad.values()), dict(self.bad))
         if self.io["retries"] or self.dead:
             log.warning("%s: %d remote reads retried, %d shards unreadable after retries (%s)", self.where,
-                        self.io["retries"], len(self.dead), ", ".join(sorted(self.dead)[:5]))
+                        self.io["retries"], len(self.dead), ", ".join(storage.redact(p) for p in sorted(self.dead)[:5]))
 
     def check(self, shard: str, key: str, members: dict):
         """Raw members -> ``(key, flac bytes, label indices)`` or ``None`` (counted) for an invalid sample."""
@@ -303,11 +309,11 @@ def _read_one(shard: ShardRef, positions: np.ndarray | None, samples: _Samples,
     except storage.StorageError as e:
         samples.bad["unreadable shard"] += 1
         samples.dead.add(shard.path)
-        log.warning("%s: shard %s could not be read, skipping it: %s", samples.where, shard.path, e)
+        log.warning("%s: shard %s could not be read, skipping it: %s", samples.where, storage.redact(shard.path), e)
     except (tarfile.TarError, OSError, EOFError) as e:
         samples.bad["damaged shard"] += 1
         log.warning("%s: shard %s is damaged or unreadable, skipping its remaining samples: %s",
-                    samples.where, shard.path, e)
+                    samples.where, storage.redact(shard.path), e)
 
 
 def _read_all(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Samples,
@@ -339,11 +345,13 @@ def _interleave(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Sa
             shard, positions = plan[nxt]
             nxt += 1
             n = shard.samples if positions is None else len(positions)
-            if n > 0:
+            if n > 0 and shard.path not in samples.dead:
                 readers.append(_read_one(shard, positions, samples, reader))
                 left.append(n)
-                if reader is not None and nxt < len(plan) and plan[nxt][0].path not in samples.dead:
-                    reader.prefetch(plan[nxt][0].path, plan[nxt][0].nbytes)
+                if reader is not None:  # start its download now, and the one of the shard after it
+                    reader.prefetch(shard.path, shard.nbytes)
+                    if nxt < len(plan) and plan[nxt][0].path not in samples.dead:
+                        reader.prefetch(plan[nxt][0].path, plan[nxt][0].nbytes)
                 return True
         return False
 

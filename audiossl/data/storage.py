@@ -143,7 +143,7 @@ def display_name(root: str | os.PathLike) -> str:
     return text.rsplit("/", 1)[-1] or text
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL without its query string (signed URLs carry credentials there)."""
     return url.split("?", 1)[0] + ("?..." if "?" in url else "")
 
@@ -151,12 +151,15 @@ def _redact(url: str) -> str:
 # --- retries -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class IOOptions:
-    """How remote files are read: retries and back-off, chunking and read-ahead, the optional local shard cache."""
+    """How remote files are read: retries and back-off, chunking and read-ahead, the optional local shard cache.
+
+    Memory: a remote stream holds at most ``readahead_chunks + 2`` chunks (queued, being read, being fetched); a
+    training reader has ``open_shards`` streams plus the ones it prefetches, about 100 MB with the defaults."""
 
     retries: int = 5  # attempts after the first, per request
     retry_wait: float = 1.0  # seconds before the first retry; doubled each time (x0.5-1.5 jitter), at most 30 s
-    chunk_bytes: int = 8 << 20  # one ranged GET
-    readahead_chunks: int = 2  # chunks a stream fetches ahead of its reader
+    chunk_bytes: int = 4 << 20  # one ranged GET
+    readahead_chunks: int = 1  # chunks a stream holds ready ahead of its reader (one more is being fetched)
     cache_dir: str | None = None
     cache_max_bytes: int = 50 << 30
 
@@ -236,21 +239,21 @@ def read_bytes(url: str, options: IOOptions | None = None, counters: IOCounters 
     if s == "pipe":
         return with_retries(f"reading {url}", lambda: _pipe_read_all(url), options, counters)
     fs = filesystem(url)
-    return with_retries(f"reading {_redact(url)}", lambda: fs.cat_file(url), options, counters)
+    return with_retries(f"reading {redact(url)}", lambda: fs.cat_file(url), options, counters)
 
 
 def write_bytes(url: str, data: bytes, options: IOOptions | None = None) -> None:
     """Store ``data`` as the object ``url`` (s3://, gs://): one PUT, so readers see the old object or the new one."""
     check_url(url, write=True)
     fs = filesystem(url)
-    with_retries(f"writing {_redact(url)}", lambda: fs.pipe_file(url, data), options or IOOptions())
+    with_retries(f"writing {redact(url)}", lambda: fs.pipe_file(url, data), options or IOOptions())
 
 
 def put_file(local: str | os.PathLike, url: str, options: IOOptions | None = None) -> None:
     """Upload the local file ``local`` as ``url``; the object appears only once the upload is complete."""
     check_url(url, write=True)
     fs = filesystem(url)
-    with_retries(f"uploading {local} to {_redact(url)}", lambda: fs.put_file(os.fspath(local), url),
+    with_retries(f"uploading {local} to {redact(url)}", lambda: fs.put_file(os.fspath(local), url),
                  options or IOOptions())
 
 
@@ -259,7 +262,7 @@ def exists(url: str, options: IOOptions | None = None) -> bool:
     if s is None or s == "file":
         return os.path.exists(local_path(url))
     fs = filesystem(url)
-    return bool(with_retries(f"checking {_redact(url)}", lambda: fs.exists(url), options or IOOptions()))
+    return bool(with_retries(f"checking {redact(url)}", lambda: fs.exists(url), options or IOOptions()))
 
 
 def remove(urls: list[str], options: IOOptions | None = None) -> None:
@@ -269,7 +272,7 @@ def remove(urls: list[str], options: IOOptions | None = None) -> None:
     fs = filesystem(urls[0])
     for url in urls:
         try:
-            with_retries(f"deleting {_redact(url)}", lambda u=url: fs.rm_file(u), options or IOOptions())
+            with_retries(f"deleting {redact(url)}", lambda u=url: fs.rm_file(u), options or IOOptions())
         except FileNotFoundError:
             pass
 
@@ -279,7 +282,7 @@ def glob(pattern_url: str, options: IOOptions | None = None) -> list[str]:
     s = check_url(pattern_url)
     fs = filesystem(pattern_url)
     fs.invalidate_cache()
-    found = with_retries(f"listing {_redact(pattern_url)}", lambda: fs.glob(pattern_url), options or IOOptions())
+    found = with_retries(f"listing {redact(pattern_url)}", lambda: fs.glob(pattern_url), options or IOOptions())
     prefix = {"gcs": "gs"}.get(s, s) + "://"
     return sorted(p if "://" in p else prefix + p for p in found)
 
@@ -398,7 +401,7 @@ class _RemoteStream(io.RawIOBase):
                        f"{os.getpid()}.{threading.get_ident()}.part"
                 sink = open(part, "wb")
             offset, n = 0, self._options.chunk_bytes
-            url = _redact(getattr(self._source, "url", "?"))
+            url = redact(getattr(self._source, "url", "?"))
             while True:
                 if self._stop.is_set() and part is None:
                     return
@@ -460,6 +463,8 @@ class ShardReader:
     """Opens shards for one stream: local files directly; URLs through a read-ahead :class:`_RemoteStream` (or the
     local cache). :meth:`prefetch` starts fetching a shard before it is opened."""
 
+    max_waiting = 16  # prefetched streams not opened yet
+
     def __init__(self, options: IOOptions | None = None, counters: IOCounters | None = None):
         self.options = options or IOOptions()
         self.counters = counters or IOCounters()
@@ -493,8 +498,9 @@ class ShardReader:
                              lambda path: evict(self.options.cache_dir, self.options.cache_max_bytes, keep=path))
 
     def prefetch(self, url: str, size: int | None = None) -> None:
-        """Start fetching ``url`` now (URLs only; at most two waiting), so that :meth:`open` finds it under way."""
-        if is_url(url) and url not in self._prefetched and len(self._prefetched) < 2:
+        """Start fetching ``url`` now (URLs only; at most :attr:`max_waiting` waiting), so that :meth:`open` finds it
+        under way."""
+        if is_url(url) and url not in self._prefetched and len(self._prefetched) < self.max_waiting:
             try:
                 stream = self._start(url, size)
             except Exception:  # it is opened (and its error handled) again when needed
