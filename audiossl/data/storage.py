@@ -54,6 +54,7 @@ WRITE_SCHEMES = ("s3", "gs", "gcs")
 _EXTRAS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"), "http": ("aiohttp", "http"),
            "https": ("aiohttp", "http")}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_SAFE_REL = re.compile(r"[A-Za-z0-9._/-]+")  # what a manifest path may hold when it is pasted into a shell command
 _MAX_WAIT = 30.0
 _WARN_RETRIES = 20  # retry warnings per process; then only the counts
 
@@ -130,6 +131,9 @@ def join(root: str | os.PathLike, rel: str) -> str:
     if s is None or s == "file":
         return os.path.join(local_path(root), *rel.split("/"))
     if s == "pipe":
+        if not _SAFE_REL.fullmatch(rel) or ".." in rel.split("/"):
+            raise UnsupportedURLError(f"{rel!r} cannot go into the pipe: command {root!r}: a path in a dataset "
+                                      "read through a command may only hold letters, digits and . _ - /")
         cmd = root[len("pipe:"):]
         if "{}" in cmd:
             return "pipe:" + cmd.replace("{}", rel)
@@ -181,6 +185,13 @@ class IOCounters:
 
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
+
+    def __getstate__(self):  # a stream that holds counters may be sent to DataLoader workers
+        return {"counts": Counter(self.counts)}
+
+    def __setstate__(self, state):
+        self._lock = threading.Lock()
+        self.counts = state["counts"]
 
 
 _warned = 0
@@ -414,7 +425,7 @@ class _RemoteStream(io.RawIOBase):
                 if part is not None:
                     sink.write(data)
                 if not self._stop.is_set():
-                    self._put(bytes(data))
+                    self._put(data)
             if part is not None:
                 sink.close()
                 os.replace(part, self._cache_path)
@@ -422,8 +433,10 @@ class _RemoteStream(io.RawIOBase):
                 if self._on_cached is not None:
                     self._on_cached(self._cache_path)
             self._put(_EOF)
-        except BaseException as e:  # handed to the reader, which raises it
+        except StorageError as e:  # handed to the reader, which raises it
             self._put(e)
+        except BaseException as e:  # a missing object, a refused permission (not retried): the same, named
+            self._put(StorageError(f"reading {redact(getattr(self._source, 'url', '?'))}: {type(e).__name__}: {e}"))
         finally:
             self._source.close()
             if part is not None:
@@ -446,7 +459,7 @@ class _RemoteStream(io.RawIOBase):
                 return 0
             if isinstance(item, BaseException):
                 self._done = True
-                raise item if isinstance(item, OSError) else StorageError(str(item))
+                raise item
             self._buffer = memoryview(item)
         n = min(len(b), len(self._buffer))
         b[:n] = self._buffer[:n]

@@ -5,6 +5,7 @@ read-ahead and the local shard cache. The S3 tests are in ``test_data_s3.py``.""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -258,3 +259,23 @@ def test_evict_keeps_the_newest_within_the_bound(tmp_path):
     os.utime(tmp_path / ".s9.1.2.part", (1, 1))
     storage.evict(str(tmp_path), 250, keep=str(tmp_path / "s0"))
     assert sorted(os.listdir(tmp_path)) == ["s0", "s4"]
+
+
+def test_a_missing_shard_is_not_retried_and_is_counted_as_unreadable(served_root, tmp_path):
+    www = tmp_path / "www"
+    shutil.copytree(served_root / "ds", www / "ds")
+    gone = sorted((www / "ds" / "train").iterdir())[3]
+    gone.unlink()  # listed in the manifest, missing on the server: 404
+    with file_server(str(www)) as srv:
+        ds = dm(srv.url + "/ds").train_dataset(0, 1)
+        got = batches(ds)
+        assert len(got) == len(ds) == 10  # the batch count holds
+        assert ds.samples.bad["unreadable shard"] == 1 and ds.samples.io["retries"] == 0
+        assert srv.faults.requests("GET", gone.name) == 1  # a 404 is final: asked once
+
+
+def test_manifest_paths_cannot_inject_into_a_pipe_command():
+    with pytest.raises(storage.UnsupportedURLError, match="may only hold letters, digits"):
+        storage.join("pipe:cat /data/{}", "train/x.tar; rm -rf ~")
+    with pytest.raises(storage.UnsupportedURLError):
+        storage.join("pipe:cat /data/{}", "../../etc/passwd")
