@@ -20,6 +20,7 @@ import logging
 import math
 import multiprocessing
 import statistics
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ class AudioDataModule(L.LightningDataModule):
             # into hparams (checkpoints) and hparams_initial (what loggers write as hparams.yaml)
             self.save_hyperparameters({**self.hparams, "clip_seconds": value})
             if rank_zero_only.rank == 0:
-                print(f"{self.root}: clip_seconds not set, using {value:g} s ({why})", flush=True)
+                # stderr: stdout may be a verb's result (evaluate prints its metrics as JSON there)
+                print(f"{self.root}: clip_seconds not set, using {value:g} s ({why})", file=sys.stderr, flush=True)
         return self._default_clip
 
     def _choose_clip_seconds(self) -> tuple[float, str]:
