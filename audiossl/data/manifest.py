@@ -14,6 +14,7 @@ Layout of a dataset folder::
      "num_classes": C, "multi_label": bool,
      "sample_rate": 16000,                            # null when --keep-rate left mixed rates
      "splits": {"train": {"samples": N, "duration": seconds, "min_duration": s, "max_duration": s,
+                          "duration_percentiles": {"p50": s, "p90": s, "p95": s, "p99": s},  # older manifests: absent
                           "weights": "train_weights.csv" | null,
                           "shards": [{"path": "train/train-000000.tar", "samples": n, "duration": s,
                                       "bytes": b, "folds": [fold per sample] | absent}, ...]}, ...},
@@ -69,6 +70,7 @@ class SplitInfo:
     min_duration: float = 0.0
     max_duration: float = 0.0
     weights: str | None = None  # relative path of the key,weight CSV, when samples carry weights
+    duration_percentiles: dict[str, float] | None = None  # {"p50", "p90", "p95", "p99"} seconds; None: older manifest
 
     @property
     def samples(self) -> int:
@@ -82,15 +84,23 @@ class SplitInfo:
     def has_folds(self) -> bool:
         return bool(self.shards) and all(s.folds is not None for s in self.shards)
 
+    def duration_percentile(self, p: int) -> float | None:
+        """The ``p``-th percentile of the clip durations (seconds) written at prep time; ``None`` if not recorded."""
+        value = (self.duration_percentiles or {}).get(f"p{p}")
+        return None if value is None else float(value)
+
     def to_dict(self) -> dict:
-        return {
+        d = {
             "samples": self.samples,
             "duration": round(self.duration, 3),
             "min_duration": round(self.min_duration, 3),
             "max_duration": round(self.max_duration, 3),
-            "weights": self.weights,
-            "shards": [s.to_dict() for s in self.shards],
         }
+        if self.duration_percentiles is not None:
+            d["duration_percentiles"] = dict(self.duration_percentiles)
+        d["weights"] = self.weights
+        d["shards"] = [s.to_dict() for s in self.shards]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SplitInfo":
@@ -99,6 +109,7 @@ class SplitInfo:
             float(d.get("min_duration", 0.0)),
             float(d.get("max_duration", 0.0)),
             d.get("weights"),
+            d.get("duration_percentiles"),
         )
 
 

@@ -21,11 +21,14 @@ Training (:class:`TrainStream`), per epoch ``e``:
 * a slot streams its shards (again if it needs more samples than they hold — so an epoch shows every sample once
   only when each slot's share matches its demand, as with many shards per slot; otherwise a few samples of the
   epoch repeat and as many wait for a later epoch, whose new shard order evens this out; with ``weighted`` it draws
-  its samples
-  per pass without replacement by the json ``weight`` s, Efraimidis-Spirakis keys), drops invalid samples (no json,
-  bad label index, no audio), shuffles raw (undecoded) samples in a buffer seeded by ``(seed, e, rank, worker)``,
-  decodes FLAC, crops a window whose offset is a hash of ``(seed, e, pass, key)`` (or zero-pads at the end) and
-  batches. A sample that fails to decode is replaced by the next one, so batch counts never change.
+  its samples per pass without replacement by the json ``weight`` s, Efraimidis-Spirakis keys);
+* it keeps ``open_shards`` shards open at once and takes each next sample from one of them, a seeded random merge
+  (:func:`_interleave`), so consecutive samples come from different shards even when a shard is sorted by label
+  (``prep --keep-order``, datasets written before the writer shuffled);
+* it drops invalid samples (no json, bad label index, no audio), shuffles raw (undecoded) samples in a buffer seeded
+  by ``(seed, e, rank, worker)``, decodes FLAC, crops a window whose offset is a hash of ``(seed, e, pass, key)``
+  (or zero-pads at the end) and batches. A sample that fails to decode is replaced by the next one, so batch counts
+  never change.
 * resuming after ``k`` batches of epoch ``e`` (:meth:`TrainStream.set_epoch`): worker ``w`` plays the role of worker
   ``(w + k) % W`` and drops the ``(w + k) // W`` batches that role had yielded, *after the shuffle buffer and before
   decoding*; the DataLoader then delivers exactly the batches ``k, k+1, ...`` of the uninterrupted epoch.
@@ -271,18 +274,63 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def _read_one(shard: ShardRef, positions: np.ndarray | None, samples: _Samples) -> Iterator[tuple[str, tuple]]:
+    """Yields ``(shard path, checked sample)`` for the valid samples of one shard; a damaged shard is reported."""
+    try:
+        for _, key, members in read_shard(shard.path, positions):
+            checked = samples.check(shard.path, key, members)
+            if checked is not None:
+                yield shard.path, checked
+    except (tarfile.TarError, OSError, EOFError) as e:
+        samples.bad["damaged shard"] += 1
+        log.warning("%s: shard %s is damaged or unreadable, skipping its remaining samples: %s",
+                    samples.where, shard.path, e)
+
+
 def _read_all(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Samples) -> Iterator[tuple[str, tuple]]:
-    """Read a list of (shard, positions); yields ``(shard path, checked sample)``; damaged shards are reported."""
+    """Read a list of (shard, positions) one shard after the other."""
     for shard, positions in plan:
-        try:
-            for _, key, members in read_shard(shard.path, positions):
-                checked = samples.check(shard.path, key, members)
-                if checked is not None:
-                    yield shard.path, checked
-        except (tarfile.TarError, OSError, EOFError) as e:
-            samples.bad["damaged shard"] += 1
-            log.warning("%s: shard %s is damaged or unreadable, skipping its remaining samples: %s",
-                        samples.where, shard.path, e)
+        yield from _read_one(shard, positions, samples)
+
+
+def _interleave(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Samples, open_shards: int,
+                rng: np.random.Generator) -> Iterator[tuple[str, tuple]]:
+    """Read a list of (shard, positions) ``open_shards`` shards at a time, mixing their samples.
+
+    Each next sample comes from one of the open shards, drawn with probability proportional to the samples it has
+    left (so the output is a uniformly random merge of the open shards' sequences); a finished shard is replaced by
+    the next one of the plan. Deterministic given ``rng``'s state. With ``open_shards`` 1 this is :func:`_read_all`.
+    """
+    pending = iter(plan)
+    readers: list[Iterator] = []
+    left: list[int] = []  # planned samples not yet read, per open shard (a weight only: bad samples are skipped)
+
+    def open_next() -> bool:
+        for shard, positions in pending:
+            n = shard.samples if positions is None else len(positions)
+            if n > 0:
+                readers.append(_read_one(shard, positions, samples))
+                left.append(n)
+                return True
+        return False
+
+    while len(readers) < max(1, open_shards) and open_next():
+        pass
+    while readers:
+        if len(readers) == 1:
+            i = 0
+        else:
+            weights = np.maximum(np.asarray(left, dtype=np.float64), 1.0)
+            i = min(int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right")),
+                    len(readers) - 1)
+        item = next(readers[i], None)
+        if item is None:  # this shard is done: open the next one in its place
+            readers.pop(i)
+            left.pop(i)
+            open_next()
+            continue
+        left[i] -= 1
+        yield item
 
 
 # --- training ----------------------------------------------------------------------------------------------------
@@ -304,10 +352,13 @@ class TrainStream(IterableDataset):
         weighted: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        open_shards: int = 8,
     ):
         super().__init__()
         if not shards:
             raise ValueError("no training shards")
+        if open_shards < 1:
+            raise ValueError(f"open_shards must be >= 1, got {open_shards}")
         if batch_size < 1 or epoch_size < 1:
             raise ValueError(f"batch_size and epoch_size must be >= 1 (got {batch_size}, {epoch_size})")
         if weighted and any(s.weights is None for s in shards):
@@ -318,6 +369,7 @@ class TrainStream(IterableDataset):
         self.batch_size, self.epoch_size = batch_size, epoch_size
         self.seed, self.shuffle_buffer, self.weighted = seed, shuffle_buffer, weighted
         self.rank, self.world_size = rank, world_size
+        self.open_shards = open_shards
         self.epoch = 0
         self.skip_batches = 0
         self.samples: _Samples | None = None  # the bad-sample counter of the process that iterates
@@ -396,7 +448,8 @@ class TrainStream(IterableDataset):
         def raw(extra: bool):
             for pass_no, plan in enumerate(self._passes(shards, need, rng, extra)):
                 got = 0
-                for shard, checked in _read_all(plan, samples):
+                mix = np.random.default_rng([self.seed, epoch, self.rank, role, 3, pass_no, int(extra)])
+                for shard, checked in _interleave(plan, samples, self.open_shards, mix):
                     got += 1
                     yield pass_no + (1_000_000 if extra else 0), shard, checked
                 if got == 0 and extra:

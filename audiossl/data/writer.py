@@ -1,20 +1,24 @@
 """The shard writer: the one piece of code under every converter (``data_prep/*``).
 
-A converter turns its source layout into a list of :class:`Clip` (a tar-safe key, a split, the json metadata and
-either an audio file path or a picklable ``render()`` function) plus the inputs it already knows are bad, and calls
-:func:`write_dataset`, which
+A converter turns its source layout into a sequence of :class:`Clip` (a tar-safe key, a split, the json metadata and
+either an audio file path or a picklable ``render()`` function; a list, or a :class:`LazyClips` that builds each clip
+on demand) plus the inputs it already knows are bad, and calls :func:`write_dataset`, which
 
+0. checks every clip in input order (split name, key safety, duplicate keys: the first input of a split with a key
+   wins) and then **shuffles** the order of the remaining clips with ``seed`` (``keep_order`` keeps the input
+   order), so no shard is sorted by label, speaker or source, whatever order the source lists its files in;
 1. once the first clip is encoded, clears what a previous run left in ``DIR`` (the manifest first, so nothing stale is
    ever listed, then the shards, ``*.tar.tmp`` leftovers, ``rejected.tsv`` and weight files of the splits involved) —
    a re-run **overwrites**; a run that writes no clip at all raises ``DatasetError`` and leaves ``DIR`` as it was;
 2. decodes, resamples (to ``sample_rate`` unless ``keep_rate``) and encodes each clip to 16-bit FLAC in a process
-   pool of ``workers`` (0 = in this process), consuming the results **in input order**, so the output is
-   byte-identical for a given input order whatever the number of workers;
+   pool of ``workers`` (0 = in this process), consuming the results **in writing order**, so the output is
+   byte-identical for a given input, seed and ``keep_order`` whatever the number of workers;
 3. appends ``{key}.flac`` + ``{key}.json`` to ``DIR/{split}/{split}-NNNNNN.tar.tmp``; a shard is closed after
    ``shard_size`` samples or before it would pass ``max_shard_bytes``, fsynced and renamed to ``.tar``;
 4. skips bad inputs (undecodable, empty, truncated, not audio, duplicate key) and lists them with the reason in
-   ``DIR/rejected.tsv`` (``source<TAB>reason``), then writes per-split weight CSVs and finally, atomically, the
-   manifest, and prints the counts (written / rejected / missing).
+   ``DIR/rejected.tsv`` (``source<TAB>reason``, in input order), then writes per-split weight CSVs (rows in shard
+   order) and finally, atomically, the manifest (with per-split duration percentiles), and prints the counts
+   (written / rejected / missing).
 
 A crash leaves at most a ``*.tar.tmp`` and no manifest: readers find nothing half-written, and the next run starts
 clean. Tar members carry fixed metadata (mtime 0), so shards are reproducible byte for byte.
@@ -59,6 +63,8 @@ MISSING = "missing"  # the reason recorded for inputs that do not exist
 _UNSAFE_KEY = re.compile(r"[./\\\s\x00-\x1f\x7f]")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _TAR_BLOCK = 512
+PERCENTILES = (50, 90, 95, 99)  # of clip durations, per split, in the manifest
+_ORDER_STREAM = 0x0DE7  # a fixed second seed word: the order's random stream differs from other uses of ``seed``
 
 
 def default_workers() -> int:
@@ -102,9 +108,28 @@ class Clip:
         return self.path if self.path is not None else str(self.meta.get("id", self.key))
 
 
+class LazyClips(Sequence):
+    """``n`` clips made on demand by ``make(i)``: a converter with millions of inputs (AudioSet) hands the writer a
+    sequence it can index in shuffled order without holding every :class:`Clip` (and its json dict) in memory."""
+
+    def __init__(self, n: int, make: Callable[[int], Clip]):
+        self._n, self._make = int(n), make
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self._make(i % self._n)
+
+
 @dataclass
 class WriterOptions:
-    """Writer settings shared by every converter (``--shard-size``, ``--max-shard-bytes``, ``--workers``, ...)."""
+    """Writer settings shared by every converter (``--shard-size``, ``--max-shard-bytes``, ``--workers``, ``--seed``,
+    ``--keep-order``, ...). ``seed`` seeds the shuffled sample order; ``keep_order`` writes in input order."""
 
     shard_size: int = 1000
     max_shard_bytes: int = 1 << 30
@@ -112,6 +137,8 @@ class WriterOptions:
     sample_rate: int = 16000
     keep_rate: bool = False
     progress: bool = True
+    seed: int = 0
+    keep_order: bool = False
 
     def __post_init__(self):
         if self.shard_size < 1:
@@ -154,8 +181,9 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def add_writer_args(parser: argparse.ArgumentParser) -> None:
+def add_writer_args(parser: argparse.ArgumentParser, seed: bool = True) -> None:
     """Add ``--out``, ``--workers``, ``--shard-size``, ``--max-shard-bytes``, ``--sample-rate``, ``--keep-rate``,
+    ``--seed`` (unless the converter has its own, ``seed=False``, which then also seeds the order), ``--keep-order``,
     ``--quiet`` to a converter's parser."""
     g = parser.add_argument_group("output")
     g.add_argument("--out", required=True, help="dataset folder to (over)write: manifest.json + {split}/*.tar")
@@ -164,6 +192,10 @@ def add_writer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-shard-bytes", type=parse_size, default=1 << 30, help="size cap per shard (default 1G)")
     g.add_argument("--sample-rate", type=int, default=16000, help="resample to this rate (default 16000)")
     g.add_argument("--keep-rate", action="store_true", help="keep each file's own sample rate")
+    if seed:
+        g.add_argument("--seed", type=int, default=0, help="seed of the shuffled sample order (default 0)")
+    g.add_argument("--keep-order", action="store_true",
+                   help="write the samples in input order (default: shuffled, so no shard holds one label or source)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -176,6 +208,8 @@ def options_from_args(args: argparse.Namespace) -> WriterOptions:
         sample_rate=args.sample_rate,
         keep_rate=args.keep_rate,
         progress=not args.quiet,
+        seed=int(getattr(args, "seed", 0) or 0),
+        keep_order=bool(getattr(args, "keep_order", False)),
     )
 
 
@@ -276,6 +310,7 @@ class _SplitWriter:
         self.info = SplitInfo()
         self.weights: list[tuple[str, float]] = []
         self.rates: set[int] = set()
+        self.durations: list[float] = []  # every written clip's, for the manifest's percentiles
         self.total = 0
         self._file = None
         self._tar: wds.TarWriter | None = None
@@ -311,6 +346,7 @@ class _SplitWriter:
         if "weight" in meta:
             self.weights.append((key, float(meta["weight"])))
         self.total += 1
+        self.durations.append(duration)
         self.info.min_duration = duration if self.total == 1 else min(self.info.min_duration, duration)
         self.info.max_duration = max(self.info.max_duration, duration)
         self.rates.add(rate)
@@ -333,6 +369,7 @@ class _SplitWriter:
         if self._tar is not None:
             self._finish()
         fsync_dir(self.dir)
+        self.info.duration_percentiles = duration_percentiles(self.durations)
         return self.info
 
     def abort(self) -> None:
@@ -348,6 +385,43 @@ class _SplitWriter:
             if self._tmp is not None and self._tmp.exists():
                 self._tmp.unlink()
             self._tar = self._file = self._tmp = None
+
+
+def duration_percentiles(durations: Sequence[float]) -> dict[str, float]:
+    """``{"p50", "p90", "p95", "p99"}`` of clip durations in seconds (linear interpolation, as ``numpy.percentile``)."""
+    if not len(durations):
+        return {}
+    q = np.percentile(np.asarray(durations, dtype=np.float64), PERCENTILES)
+    return {f"p{p}": round(float(v), 4) for p, v in zip(PERCENTILES, q)}
+
+
+# --- the writing order -------------------------------------------------------------------------------------------
+def writing_order(clips: Sequence[Clip], seed: int, keep_order: bool) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+    """``(indices of the clips to write, in writing order; rejected as (index, source, reason))``.
+
+    Checks every clip in input order — a bad split name is an error; an unsafe key or a key already taken in its
+    split (the first input with it wins, whatever the order later) is rejected — then permutes the accepted ones with
+    ``seed`` unless ``keep_order``. The permutation is over the whole input, so every split is shuffled."""
+    keep: list[int] = []
+    bad: list[tuple[int, str, str]] = []
+    keys: dict[str, set[str]] = {}  # per split: the keys taken so far
+    for i, clip in enumerate(clips):
+        if not _SPLIT_NAME.match(clip.split):
+            raise ValueError(f"split name {clip.split!r} must be letters, digits, '_' or '-'")
+        if not clip.key or _UNSAFE_KEY.search(clip.key):
+            bad.append((i, clip.source, f"unsafe sample key {clip.key!r} (make keys with safe_key)"))
+            continue
+        seen = keys.setdefault(clip.split, set())
+        if clip.key in seen:
+            bad.append((i, clip.source, f"duplicate key {clip.key!r} in split {clip.split!r}: an earlier input of the "
+                        "split maps to the same key"))
+            continue
+        seen.add(clip.key)
+        keep.append(i)
+    order = np.asarray(keep, dtype=np.int64)
+    if not keep_order:
+        order = order[np.random.default_rng([int(seed), _ORDER_STREAM]).permutation(len(order))]
+    return order, bad
 
 
 # --- the dataset folder ------------------------------------------------------------------------------------------
@@ -399,44 +473,35 @@ def write_dataset(
     rejected: Sequence[tuple[str, str]] = (),
     evaluation: dict | None = None,
     ontology: dict | None = None,
-    total: int | None = None,
 ) -> WriteReport:
     """Write ``clips`` as a sharded dataset in ``out`` (see the module docstring); returns a :class:`WriteReport`.
 
-    ``rejected`` holds ``(source, reason)`` pairs the converter already found bad (reason ``"missing"`` for inputs that
-    do not exist); they go to ``rejected.tsv`` first, followed by what fails here, in input order.
+    ``clips``: a sequence (a list or a :class:`LazyClips`; any other iterable is read into a list first, as the
+    shuffle needs random access). ``rejected`` holds ``(source, reason)`` pairs the converter already found bad
+    (reason ``"missing"`` for inputs that do not exist); they go to ``rejected.tsv`` first, followed by what fails
+    here, in input order.
     """
     from tqdm import tqdm
 
     options = options or WriterOptions()
     root = output_dir(out)
+    seq: Sequence[Clip] = clips if isinstance(clips, Sequence) else list(clips)
+    order, early_bad = writing_order(seq, options.seed, options.keep_order)
     cleared = False  # the previous dataset in ``out`` stays until the first clip is ready to be written
-    if total is None and hasattr(clips, "__len__"):
-        total = len(clips)  # type: ignore[arg-type]
     target_rate = None if options.keep_rate else options.sample_rate
     writers: dict[str, _SplitWriter] = {}
-    keys: dict[str, set[str]] = {}  # per split: the keys written so far
-    bad: list[tuple[str, str]] = list(rejected)
+    late_bad: list[tuple[int, str, str]] = []  # (input index, source, reason) of clips that failed to encode
     t0 = time.perf_counter()
-    bar = tqdm(total=total, unit="clip", desc=f"writing {root.name}", disable=not options.progress, smoothing=0.05)
+    bar = tqdm(total=len(order), unit="clip", desc=f"writing {root.name}", disable=not options.progress,
+               smoothing=0.05)
     try:
-        for result in _ordered_map(clips, target_rate, options.workers):
+        results = _ordered_map((seq[int(i)] for i in order), target_rate, options.workers)
+        for index, result in zip(order, results):
             bar.update(1)
             if result[0] == "bad":
-                bad.append((result[1].source, result[2]))
+                late_bad.append((int(index), result[1].source, result[2]))
                 continue
             _, clip, flac, js, duration, rate = result
-            if not _SPLIT_NAME.match(clip.split):
-                raise ValueError(f"split name {clip.split!r} must be letters, digits, '_' or '-'")
-            if _UNSAFE_KEY.search(clip.key) or not clip.key:
-                bad.append((clip.source, f"unsafe sample key {clip.key!r} (make keys with safe_key)"))
-                continue
-            seen = keys.setdefault(clip.split, set())
-            if clip.key in seen:
-                bad.append((clip.source, f"duplicate key {clip.key!r} in split {clip.split!r}: an earlier input of the "
-                            "split maps to the same key"))
-                continue
-            seen.add(clip.key)
             w = writers.get(clip.split)
             if not cleared:
                 _clear_previous(root)
@@ -451,11 +516,12 @@ def write_dataset(
         raise
     finally:
         bar.close()
+    bad: list[tuple[str, str]] = list(rejected) + [(s, r) for _, s, r in sorted(early_bad + late_bad)]
     if not writers:
         _refuse_empty(root, bad, previous=manifest_path(root).exists())
     splits = {name: w.close() for name, w in writers.items()}
     for name, w in writers.items():
-        if w.weights:
+        if w.weights:  # in shard order, as the training stream reads them
             rows = ["key,weight"] + [f"{k},{v:.6g}" for k, v in w.weights]
             atomic_write(root / f"{name}_weights.csv", ("\n".join(rows) + "\n").encode("utf-8"))
             splits[name].weights = f"{name}_weights.csv"
@@ -467,6 +533,8 @@ def write_dataset(
         max_shard_bytes=options.max_shard_bytes,
         sample_rate=target_rate,
         keep_rate=options.keep_rate,
+        shuffled=not options.keep_order,
+        order_seed=options.seed,
     )
     manifest = Manifest(
         labels=labels,
