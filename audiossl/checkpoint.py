@@ -1,4 +1,4 @@
-"""Reading audiossl Lightning checkpoints without unpickling code, and rebuilding models from them.
+"""Reading models without unpickling code: audiossl Lightning checkpoints and export directories.
 
 A checkpoint written by an audiossl Lightning module is a dict with (at least)
 
@@ -13,6 +13,7 @@ plus whatever Lightning adds (``optimizer_states``, ``lr_schedulers``, ``callbac
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from audiossl.errors import UserError
+from audiossl import __version__
+from audiossl.errors import CheckpointError, ExportError
 from audiossl.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig
@@ -33,8 +35,10 @@ ENCODER_PREFIX = {"pretrain": "encoder.", "classifier": "model.encoder."}
 CLASSIFIER_PREFIX = "model."
 
 
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be read or does not match the model it should rebuild."""
+# The export format (``audiossl.export`` writes it): a directory with these two files.
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
 def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", allow: tuple = (), mmap: bool = False):
@@ -208,8 +212,6 @@ def encoder_from_checkpoint(ckpt_or_path, prefix: str | None = None) -> tuple[Au
     model directory (``audiossl export`` / ``audiossl convert``) works too: its encoder and front end are returned.
     """
     if not isinstance(ckpt_or_path, dict) and Path(ckpt_or_path).is_dir():
-        from audiossl.export import ExportError, load_model
-
         if prefix is not None:
             raise CheckpointError(f"{ckpt_or_path} is an exported model directory; prefix={prefix!r} applies to checkpoints only")
         try:
@@ -252,3 +254,60 @@ def model_from_checkpoint(ckpt_or_path) -> AudioClassifier:
     utterance_cls = any(n in str(objective).lower() for n in ("eat", "sslam"))  # CLS trained as the clip summary
     pool = "cls" if encoder.num_prefix_tokens and utterance_cls else "mean"
     return AudioClassifier(encoder, head=None, front_end=front_end, pool=pool).eval()
+
+
+# --- export directories ----------------------------------------------------------------------------------------
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """The tensors of a ``.safetensors`` file; ``ExportError`` when it is damaged or not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ExportError(f"cannot read {path}: {e} (a truncated or corrupt safetensors file?)") from None
+
+
+def read_config(model_dir: str | os.PathLike) -> dict:
+    d = Path(model_dir)
+    if not d.exists():
+        raise ExportError(f"model directory {d} does not exist")
+    if not d.is_dir():
+        raise ExportError(f"{d} is a file, not an exported model directory (audiossl export CKPT --out DIR makes one)")
+    cfg_path = d / CONFIG_FILE
+    if not cfg_path.exists():
+        raise ExportError(f"{d} has no {CONFIG_FILE}: not an audiossl model directory (audiossl export / convert make one)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{cfg_path} is not valid JSON: {e}") from None
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise ExportError(f"{cfg_path} has no integer format_version: not an audiossl export")
+    if version > FORMAT_VERSION:
+        raise ExportError(
+            f"{cfg_path} has format_version {version}; this audiossl ({__version__}) reads up to {FORMAT_VERSION}: "
+            f"upgrade audiossl"
+        )
+    return config
+
+
+def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
+    """Rebuild an exported model (eval mode) from ``DIR/config.json`` + ``DIR/model.safetensors``.
+
+    Also accepts an audiossl checkpoint file (``.ckpt``), read with ``weights_only=True``.
+    """
+    path = Path(model_dir)
+    if path.is_file() and path.suffix in (".ckpt", ".pt", ".pth"):
+        return model_from_checkpoint(path).to(device)
+    config = read_config(path)
+    model_cfg = {k: v for k, v in config.items() if k not in ("format_version", "audiossl_version")}
+    try:
+        model = AudioClassifier.from_config_dict(model_cfg)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ExportError(f"{path / CONFIG_FILE} does not describe a model this audiossl can build: {e}") from None
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise ExportError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    load_weights(model, read_safetensors(weights), f"the model in {path}")
+    return model.eval().to(device)

@@ -41,6 +41,18 @@ class OutputPathError(UserError, FileExistsError):
     """An output path that cannot be written as asked (a file where a folder is needed, an input file, ...)."""
 
 
+class MissingHeadError(UserError, RuntimeError):
+    """Classification asked of a model that has no classifier head (an encoder exported from pretraining)."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not match the model it should rebuild."""
+
+
+class ExportError(UserError, ValueError):
+    """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
+
+
 def _refuse_url(path, what: str, error) -> None:
     """A URL where a local path is needed is an error, never a folder named ``s3:`` (see ``audiossl.data.storage``)."""
     from audiossl.data.storage import is_url

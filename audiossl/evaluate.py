@@ -47,8 +47,8 @@ def predict_split(model, loader, device: torch.device, progress: bool = True) ->
     model = model.to(device).eval()
     keys, scores, targets = [], [], []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        x = model.front_end(batch["audio"].to(device).float(), num_samples=batch.get("num_samples"))
-        logits = model(x).float()
+        n = batch.get("num_samples")
+        logits = model.logits_from_audio(batch["audio"].to(device).float(), None if n is None else n.to(device)).float()
         s = torch.sigmoid(logits) if model.multi_label else torch.softmax(logits, dim=-1)
         scores.append(s.cpu())
         targets.append(batch["target"].cpu())

@@ -11,7 +11,8 @@ An exported model is a directory:
                         ``embedding [B, D]``, ``frame_embeddings [B, N, D]``; batch and time are dynamic (time is
                         fixed for models with a learned position table, e.g. imported AST).
 
-``load_model(DIR)`` rebuilds the model without Lightning and without unpickling.
+``load_model(DIR)`` rebuilds the model without Lightning and without unpickling (it lives in ``audiossl.checkpoint``
+with the other readers and is re-exported here; this module writes).
 """
 
 from __future__ import annotations
@@ -27,20 +28,16 @@ import torch
 import torch.nn as nn
 
 from audiossl import __version__
+from audiossl.checkpoint import (  # noqa: F401  (reading exports lives with reading checkpoints; re-exported here)
+    CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_model, model_from_checkpoint, read_config, read_safetensors,
+)
 from audiossl.data.manifest import atomic_write
-from audiossl.errors import UserError, output_dir
+from audiossl.errors import CheckpointError, ExportError, output_dir
 from audiossl.models.classifier import AudioClassifier
+from audiossl.runners import OnnxRunner
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4
-
-
-class ExportError(UserError, ValueError):
-    """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
-
 
 # --- safetensors + JSON ------------------------------------------------------------------------------------------
 def save_model(model: AudioClassifier, out_dir: str | os.PathLike) -> Path:
@@ -65,74 +62,17 @@ def save_model(model: AudioClassifier, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def read_safetensors(path: str | os.PathLike) -> dict:
-    """The tensors of a ``.safetensors`` file; ``ExportError`` when it is damaged or not one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ExportError(f"cannot read {path}: {e} (a truncated or corrupt safetensors file?)") from None
-
-
-def read_config(model_dir: str | os.PathLike) -> dict:
-    d = Path(model_dir)
-    if not d.exists():
-        raise ExportError(f"model directory {d} does not exist")
-    if not d.is_dir():
-        raise ExportError(f"{d} is a file, not an exported model directory (audiossl export CKPT --out DIR makes one)")
-    cfg_path = d / CONFIG_FILE
-    if not cfg_path.exists():
-        raise ExportError(f"{d} has no {CONFIG_FILE}: not an audiossl model directory (audiossl export / convert make one)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{cfg_path} is not valid JSON: {e}") from None
-    version = config.get("format_version")
-    if not isinstance(version, int):
-        raise ExportError(f"{cfg_path} has no integer format_version: not an audiossl export")
-    if version > FORMAT_VERSION:
-        raise ExportError(
-            f"{cfg_path} has format_version {version}; this audiossl ({__version__}) reads up to {FORMAT_VERSION}: "
-            f"upgrade audiossl"
-        )
-    return config
-
-
-def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> AudioClassifier:
-    """Rebuild an exported model (eval mode) from ``DIR/config.json`` + ``DIR/model.safetensors``.
-
-    Also accepts an audiossl checkpoint file (``.ckpt``), read with ``weights_only=True``.
-    """
-    from audiossl.checkpoint import load_weights, model_from_checkpoint
-
-    path = Path(model_dir)
-    if path.is_file() and path.suffix in (".ckpt", ".pt", ".pth"):
-        return model_from_checkpoint(path).to(device)
-    config = read_config(path)
-    model_cfg = {k: v for k, v in config.items() if k not in ("format_version", "audiossl_version")}
-    try:
-        model = AudioClassifier.from_config_dict(model_cfg)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ExportError(f"{path / CONFIG_FILE} does not describe a model this audiossl can build: {e}") from None
-    weights = path / WEIGHTS_FILE
-    if not weights.exists():
-        raise ExportError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    load_weights(model, read_safetensors(weights), f"the model in {path}")
-    return model.eval().to(device)
-
-
 # --- ONNX --------------------------------------------------------------------------------------------------------
 class _OnnxGraph(nn.Module):
-    """The exported function: normalised fbank -> (logits,) embedding, frame embeddings."""
+    """The exported function: normalised fbank (and, with a padding mask, real frames per row) -> (logits,)
+    embedding, frame embeddings."""
 
     def __init__(self, model: AudioClassifier):
         super().__init__()
         self.model = model
 
-    def forward(self, fbank: torch.Tensor):
-        emb, frames = self.model.forward_features(fbank)  # [B, D], [B, N, D]
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None):
+        emb, frames = self.model.forward_features(fbank, num_frames)  # [B, D], [B, N, D]
         if self.model.head is None:
             return emb, frames
         return self.model.head(emb), emb, frames
@@ -147,9 +87,15 @@ def onnx_dynamic_time(model: AudioClassifier) -> bool:
     return model.encoder.pos_table is None
 
 
+def onnx_takes_frames(model: AudioClassifier) -> bool:
+    """Whether the graph has the ``num_frames [B]`` input (models whose front end masks padding)."""
+    return bool(model.front_end.config.mask_padding)
+
+
 def export_onnx(model: AudioClassifier, path: str | os.PathLike, opset: int = 17, verify: bool = True) -> dict:
-    """Write ``model`` as ONNX (input ``fbank [B, T, F]``) and, with ``verify``, check it against PyTorch with
-    onnxruntime at two batch sizes and (when the time axis is dynamic) two lengths. Returns a report dict."""
+    """Write ``model`` as ONNX (inputs ``fbank [B, T, F]`` and, when the model masks padding, ``num_frames [B]``
+    int64, the real frames of each row) and, with ``verify``, check it against PyTorch with onnxruntime at two batch
+    sizes, padded rows and (when the time axis is dynamic) two lengths. Returns a report dict."""
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -169,11 +115,16 @@ def _export_onnx(model: AudioClassifier, path: Path, opset: int, verify: bool) -
     axes = {"fbank": in_axes, "embedding": {0: "batch"}, "frame_embeddings": {0: "batch", 1: "patches"}}
     if model.has_head:
         axes["logits"] = {0: "batch"}
-    example = torch.zeros(2, fe.target_length, fe.num_mel_bins)
+    example = (torch.zeros(2, fe.target_length, fe.num_mel_bins),)
+    inputs = ["fbank"]
+    if onnx_takes_frames(model):
+        example += (torch.tensor([fe.target_length, max(1, fe.target_length // 2)]),)
+        inputs.append("num_frames")
+        axes["num_frames"] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
         torch.onnx.export(
-            _OnnxGraph(model), (example,), str(path), dynamo=False, opset_version=opset, input_names=["fbank"],
+            _OnnxGraph(model), example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
             output_names=names, dynamic_axes=axes, do_constant_folding=True,
         )
     report = {"path": str(path), "outputs": names, "dynamic_time": dynamic_time, "opset": opset}
@@ -182,28 +133,31 @@ def _export_onnx(model: AudioClassifier, path: Path, opset: int, verify: bool) -
     return report
 
 
-def parity_inputs(model: AudioClassifier, dynamic_time: bool | None = None, seed: int = 0) -> list[torch.Tensor]:
-    """Normalised-fbank-like inputs for a parity check: batch 1 and 3, at the target length and (dynamic time only)
-    at about half of it."""
+def parity_inputs(model: AudioClassifier, dynamic_time: bool | None = None,
+                  seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(normalised-fbank-like input, real frames per row or ``None``) pairs for a parity check: batch 1 and 3, at the
+    target length and (dynamic time only) at about half of it; the batch of 3 has padded rows when the model masks
+    padding."""
     fe = model.front_end.config
     dynamic_time = onnx_dynamic_time(model) if dynamic_time is None else dynamic_time
     g = torch.Generator().manual_seed(seed)
     p = model.encoder.config.patch_size
     short = max(p, (fe.target_length // 2) - 3) if dynamic_time else fe.target_length
-    return [torch.randn(1, fe.target_length, fe.num_mel_bins, generator=g) * 0.5,
-            torch.randn(3, short, fe.num_mel_bins, generator=g) * 0.5]
+    frames = onnx_takes_frames(model)
+    full = torch.tensor([fe.target_length]) if frames else None
+    padded = torch.tensor([short, max(1, short // 2), min(short, p + 1)]) if frames else None
+    return [(torch.randn(1, fe.target_length, fe.num_mel_bins, generator=g) * 0.5, full),
+            (torch.randn(3, short, fe.num_mel_bins, generator=g) * 0.5, padded)]
 
 
 def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: float = ONNX_TOLERANCE) -> float:
     """Largest |onnxruntime - PyTorch| over all outputs on ``parity_inputs``; raises ``ExportError`` above tolerance."""
-    from audiossl.inference import OnnxRunner
-
     runner = OnnxRunner(path)
     worst = 0.0
-    for x in parity_inputs(model):
+    for x, frames in parity_inputs(model):
         with torch.no_grad():
-            ref = _OnnxGraph(model.eval().cpu())(x)
-        got = runner.run(x)
+            ref = _OnnxGraph(model.eval().cpu())(x, frames)
+        got = runner.run(x, num_frames=frames)
         for name, r in zip(onnx_output_names(model), ref):
             g = torch.from_numpy(got[name])
             if g.shape != r.shape:
@@ -218,8 +172,6 @@ def verify_onnx(model: AudioClassifier, path: str | os.PathLike, tolerance: floa
 def export_checkpoint(ckpt, out_dir: str | os.PathLike, onnx: bool = False, opset: int = 17) -> dict:
     """An audiossl checkpoint (path or loaded dict) -> export directory (+ ``model.onnx``). Classifier checkpoints give
     a classifier; pretraining checkpoints an encoder-only model. Returns a report dict."""
-    from audiossl.checkpoint import model_from_checkpoint
-
     model = model_from_checkpoint(ckpt)
     out = save_model(model, out_dir)
     report = {
@@ -245,8 +197,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--onnx", action="store_true", help="also write model.onnx (normalised fbank -> logits, embeddings)")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     args = ap.parse_args(argv)
-    from audiossl.checkpoint import CheckpointError
-
     try:
         report = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, opset=args.opset)
     except (CheckpointError, ExportError) as e:

@@ -185,7 +185,9 @@ class FrontEndConfig(DictConfig):
     target_length: int = 1024  # frames after pad/crop (1024 = 10.24 s)
     mean: float = AUDIOSET_MEAN  # normalisation: (x - mean) / (2 * std)
     std: float = AUDIOSET_STD
-
+    # Padding frames (after a clip's real audio) are masked out of attention, pooling, masks and losses. False: the
+    # model attends to the padding as the reference recipes' models do (reproduce their numbers exactly).
+    mask_padding: bool = True
 
 
 class FrontEnd(nn.Module):
@@ -211,19 +213,21 @@ class FrontEnd(nn.Module):
         c = self.config
         return kaldi_fbank(waveforms, c.sample_rate, c.num_mel_bins, c.frame_length, c.frame_shift)
 
-    def pad_or_crop(self, feats: torch.Tensor, random_crop: bool = False, generator: torch.Generator | None = None):
-        """``[B, T, F]`` -> ``[B, target_length, F]``: zero frames appended at the end, or a crop."""
+    def pad_or_crop(self, feats: torch.Tensor, random_crop: bool = False,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[B, T, F]`` -> (``[B, target_length, F]``, crop starts ``[B]`` or ``None``): zero frames appended at the
+        end, or a crop (the first frames, or a random window per row)."""
         target = self.config.target_length
         T = feats.shape[1]
         if T < target:
-            return torch.nn.functional.pad(feats, (0, 0, 0, target - T))
-        if T == target:
-            return feats
-        if not random_crop:
-            return feats[:, :target]
-        starts = torch.randint(0, T - target + 1, (feats.shape[0],), generator=generator)
-        idx = starts[:, None].to(feats.device) + torch.arange(target, device=feats.device)  # [B, target]
-        return torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[2]))
+            return torch.nn.functional.pad(feats, (0, 0, 0, target - T)), None
+        if T == target or not random_crop:
+            return feats[:, :target], None
+        g = generator
+        starts = torch.randint(0, T - target + 1, (feats.shape[0],), generator=g, device=g.device if g else None)
+        starts = starts.to(feats.device)
+        idx = starts[:, None] + torch.arange(target, device=feats.device)  # [B, target]
+        return torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[2])), starts
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.config.mean) / (2.0 * self.config.std)
@@ -235,23 +239,44 @@ class FrontEnd(nn.Module):
         (digital silence would give the log floor, -15.9). Frames made entirely of real samples are unchanged.
         feats ``[B, T, F]``, num_samples ``[B]``.
         """
-        c = self.config
-        win = int(c.sample_rate * c.frame_length * 0.001)
-        hop = int(c.sample_rate * c.frame_shift * 0.001)
-        n = num_samples.to(feats.device)
-        valid = torch.where(n >= win, torch.div(n - win, hop, rounding_mode="floor") + 1, torch.zeros_like(n))  # [B]
+        valid = self.real_frames(num_samples).to(feats.device)  # [B]
         keep = torch.arange(feats.shape[1], device=feats.device)[None, :] < valid[:, None]  # [B, T]
         return feats * keep[..., None].to(feats.dtype)
 
-    def forward(self, waveforms: torch.Tensor, random_crop: bool = False,
-                num_samples: torch.Tensor | None = None) -> torch.Tensor:
-        """``num_samples [B]``: the real length of each row when the batch was zero-padded (as data batches are)."""
+    def real_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Frames of real audio for ``num_samples [B]`` samples: ``[B]`` int64 (kaldi framing; 0 below one frame)."""
+        c = self.config
+        win = int(c.sample_rate * c.frame_length * 0.001)
+        hop = int(c.sample_rate * c.frame_shift * 0.001)
+        n = num_samples.reshape(-1).long()
+        return torch.where(n >= win, torch.div(n - win, hop, rounding_mode="floor") + 1, torch.zeros_like(n))
+
+    def forward(self, waveforms: torch.Tensor, random_crop: bool = False, num_samples: torch.Tensor | None = None,
+                return_frames: bool = False, generator: torch.Generator | None = None):
+        """Waveforms ``[B, N]`` (or ``[N]``) -> normalised log-mel ``[B, target_length, F]``.
+
+        ``num_samples [B]``: the real length of each row when the batch was zero-padded (as data batches are).
+        ``return_frames``: also return ``[B]`` int64, how many of the ``target_length`` output frames hold real audio
+        (at least 1), for the encoder's padding mask; ``None`` when ``mask_padding`` is off.
+        """
         squeeze = waveforms.dim() == 1
-        feats = self.fbank(waveforms[None] if squeeze else waveforms)
+        wav = waveforms[None] if squeeze else waveforms
+        feats = self.fbank(wav)
         if num_samples is not None:
             feats = self.zero_padding_frames(feats, num_samples.reshape(-1))
-        out = self.normalize(self.pad_or_crop(feats, random_crop=random_crop))
-        return out[0] if squeeze else out
+            real = self.real_frames(num_samples).to(feats.device)
+        else:
+            real = torch.full((wav.shape[0],), feats.shape[1], dtype=torch.long, device=feats.device)
+        feats, starts = self.pad_or_crop(feats, random_crop, generator)
+        if starts is not None:
+            real = real - starts
+        out = self.normalize(feats)
+        if squeeze:
+            out = out[0]
+        if not return_frames:
+            return out
+        frames = real.clamp(1, self.config.target_length) if self.config.mask_padding else None
+        return out, (frames[0] if squeeze and frames is not None else frames)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())

@@ -26,7 +26,9 @@ from audiossl.metrics import classification_metrics
 from audiossl.errors import DatasetError
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
-from audiossl.objectives.base import CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, resolve_front_end
+from audiossl.objectives.base import (
+    CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, data_target_length, resolve_front_end,
+)
 
 
 def layer_decay_scales(encoder: AudioEncoder, decay: float, prefix: str = "model.encoder.") -> dict[str, float]:
@@ -90,7 +92,8 @@ class FinetuneModule(L.LightningModule):
                 config is used and this may be left out (``drop_path`` still applies).
             init_from: an audiossl pretraining (or fine-tuning) checkpoint whose (student) encoder starts the model.
             front_end: ``FrontEndConfig`` fields; unset ``mean``/``std`` come from the dataset's ``audiossl stats``,
-                else the ``init_from`` checkpoint, else AudioSet's. ``target_length``: 1024 (AudioSet), 512 (ESC-50).
+                else the ``init_from`` checkpoint, else AudioSet's. ``target_length``: 1024 (AudioSet), 512 (ESC-50);
+                left unset, it follows the dataset's clip length (``data.clip_seconds``).
             pool: ``cls`` (EAT) or ``mean`` over patch tokens.
             lr/min_lr/warmup_steps/weight_decay/betas: AdamW with linear warm-up and cosine decay to ``min_lr``.
             layer_decay: EAT-style layer-wise lr decay (1.0 disables it).
@@ -126,10 +129,10 @@ class FinetuneModule(L.LightningModule):
         return EncoderConfig.from_dict(cfg), (init_fe.to_dict() if init_fe is not None else None), init_encoder
 
     def build(self, num_classes: int, label_names: list[str], multi_label: bool, data_stats: dict | None,
-              data_sample_rate: int | None = None) -> None:
+              data_sample_rate: int | None = None, datamodule=None) -> None:
         hp = self.hparams
         enc_cfg, init_fe, init_encoder = self._encoder_config()
-        fe = dict(hp.front_end or {})
+        fe = data_target_length(hp.front_end, datamodule, enc_cfg.patch_size)
         stats = data_stats or ({"mean": init_fe["mean"], "std": init_fe["std"]} if init_fe else None)
         self.model = AudioClassifier(
             encoder=enc_cfg,
@@ -153,7 +156,7 @@ class FinetuneModule(L.LightningModule):
         if dm.num_classes == 0:
             raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); fine-tuning needs "
                                "labelled data: prepare it with labels (e.g. a CSV with a labels column)")
-        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate)
+        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
 
     @property
     def front_end(self) -> FrontEnd:
@@ -167,9 +170,10 @@ class FinetuneModule(L.LightningModule):
         g.manual_seed((int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62))
         return g
 
-    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
+        """Waveforms ``[B, N]`` -> (normalised fbank ``[B, T, F]`` in fp32, real frames ``[B]`` or ``None``)."""
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float(), num_samples=num_samples)
+            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
 
     def soft_targets(self, target: torch.Tensor) -> torch.Tensor:
         """Multi-hot stays; class indices -> one-hot with label smoothing (for mixup's soft cross-entropy)."""
@@ -193,18 +197,20 @@ class FinetuneModule(L.LightningModule):
         audio = batch["audio"]
         if hp.roll:
             audio = roll_and_gain(audio, g, batch.get("num_samples"))
-        x = self.features(audio, batch.get("num_samples"))  # [B, T, F]
+        x, frames = self.features(audio, batch.get("num_samples"))  # [B, T, F], [B] real frames
         target = batch["target"]
         mixed = False
         if hp.mixup > 0:
             x, target, lam = mixup(x, self.soft_targets(target), hp.mixup, hp.mixup_prob, g)
             mixed = lam < 1.0
+            if mixed and frames is not None:  # a mixture holds audio wherever either of its clips does
+                frames = torch.maximum(frames, frames.flip(0))
         if hp.specaug_ratio > 0:
             fe = self.front_end.config
             x = spec_augment(x, fe.num_mel_bins * hp.specaug_ratio, fe.target_length * hp.specaug_ratio, g)
         if hp.freeze_encoder:
             self.model.encoder.eval()
-        logits = self.model(x)
+        logits = self.model(x, frames)
         loss = self.loss(logits, target.float() if self.model.multi_label else target, mixed)
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -214,7 +220,7 @@ class FinetuneModule(L.LightningModule):
         self._scores, self._targets, self._keys = [], [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.model(self.features(batch["audio"], batch.get("num_samples")))
+        logits = self.model(*self.features(batch["audio"], batch.get("num_samples")))
         scores = torch.sigmoid(logits.float()) if self.model.multi_label else torch.softmax(logits.float(), -1)
         self._scores.append(scores)
         self._targets.append(batch["target"].float() if self.model.multi_label else batch["target"].long())

@@ -11,20 +11,20 @@ a long file is padding. Window probabilities (sigmoid for multi-label models, so
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Union
 
 import numpy as np
 import torch
 
 from audiossl import audio as audio_io
-from audiossl.models.classifier import AudioClassifier, MissingHeadError
+from audiossl.errors import MissingHeadError
+from audiossl.runners import OnnxRunner, TorchRunner, make_runner  # noqa: F401  (part of this module's API)
+
+if TYPE_CHECKING:
+    from audiossl.models.classifier import AudioClassifier
 
 AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, torch.Tensor, np.ndarray]
 AGGREGATIONS = ("max", "mean")
@@ -98,16 +98,26 @@ def log_mel(front_end, wave: torch.Tensor, name: str = "the audio") -> torch.Ten
     return feats
 
 
-def window_batch(front_end, feats: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
-    """Windows of ``length`` frames from ``feats [T, F]`` -> model input ``[W, target_length, F]`` (each padded or
-    cropped and normalised exactly as ``front_end`` does for a clip of that length)."""
+def window_batch(front_end, feats: torch.Tensor, starts: list[int],
+                 length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Windows of ``length`` frames from ``feats [T, F]`` -> (model input ``[W, target_length, F]``, real frames per
+    window ``[W]`` or ``None`` when the front end does not mask padding): each window padded or cropped and
+    normalised exactly as ``front_end`` does for a clip of that length."""
     target = front_end.config.target_length
     out = torch.zeros(len(starts), target, feats.shape[1], dtype=feats.dtype)  # zero = padding in the log-mel domain
     n = min(length, target)
+    real = torch.empty(len(starts), dtype=torch.long)
     for i, s in enumerate(starts):
         piece = feats[s : s + n]
         out[i, : piece.shape[0]] = piece
-    return front_end.normalize(out)
+        real[i] = max(1, piece.shape[0])
+    return front_end.normalize(out), (real if front_end.config.mask_padding else None)
+
+
+def cat_windows(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate ``window_batch`` outputs along the batch."""
+    x = torch.cat([p[0] for p in parts])
+    return x, (None if parts[0][1] is None else torch.cat([p[1] for p in parts]))
 
 
 def aggregate_probabilities(probs: torch.Tensor, how: str) -> torch.Tensor:
@@ -123,67 +133,6 @@ def top_k_labels(probs: torch.Tensor, labels: list[str], k: int) -> list[tuple[s
     k = max(1, min(int(k), probs.numel()))
     values, idx = probs.topk(k)
     return [(labels[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
-
-
-# --- runners: normalised fbank [B, T, F] -> outputs ------------------------------------------------------------------
-class TorchRunner:
-    """Runs the PyTorch model; ``run(fbank)`` -> ``{"logits", "embedding", "frame_embeddings"}`` (CPU tensors)."""
-
-    def __init__(self, model: AudioClassifier, device: str | torch.device | None = None):
-        self.model = model.eval()
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model.to(self.device)
-
-    @torch.inference_mode()
-    def run(self, fbank: torch.Tensor, want_frames: bool = False) -> dict:
-        x = fbank.to(self.device, non_blocking=True)
-        emb, frames = self.model.forward_features(x)
-        out = {"embedding": emb.float().cpu()}
-        if want_frames:
-            out["frame_embeddings"] = frames.float().cpu()
-        if self.model.head is not None:
-            out["logits"] = self.model.head(emb).float().cpu()
-        return out
-
-
-class OnnxRunner:
-    """Runs ``model.onnx`` with onnxruntime; ``run(fbank)`` -> dict of numpy arrays by output name (all outputs)."""
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeError("ONNX inference needs onnxruntime: pip install 'audiossl[onnx]'") from None
-        if not Path(path).exists():
-            raise FileNotFoundError(f"no ONNX model at {path} (audiossl export CKPT --out DIR --onnx writes one)")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, fbank, want_frames: bool = True) -> dict:
-        x = fbank.detach().cpu().numpy() if torch.is_tensor(fbank) else np.asarray(fbank)
-        return dict(zip(self.output_names, self.session.run(None, {"fbank": x.astype(np.float32, copy=False)})))
-
-
-class _TorchOut:
-    """Adapts an ``OnnxRunner`` to the ``TorchRunner`` interface (tensors out)."""
-
-    def __init__(self, runner: OnnxRunner):
-        self.runner = runner
-
-    def run(self, fbank: torch.Tensor, want_frames: bool = False) -> dict:
-        return {k: torch.from_numpy(v) for k, v in self.runner.run(fbank).items()}
-
-
-def make_runner(model: AudioClassifier, runner=None, device=None):
-    if runner is None:
-        return TorchRunner(model, device)
-    if isinstance(runner, OnnxRunner):
-        return _TorchOut(runner)
-    return runner
 
 
 # --- predict -----------------------------------------------------------------------------------------------------
@@ -293,7 +242,8 @@ def predict_files(
             if item.scheduled:
                 item.feats = None  # its windows are cut: free the file's log-mel
         if batch:
-            probs = model.probabilities(run.run(torch.cat(batch))["logits"].float())  # [B, C]
+            x, frames = cat_windows(batch)
+            probs = model.probabilities(run.run(x, num_frames=frames)["logits"].float())  # [B, C]
             for (item, idx), p in zip(owners, probs):
                 item.probs.append((idx, p))
         while pending and pending[0].done:
@@ -344,8 +294,8 @@ def windowed_probabilities(model: AudioClassifier, audio: AudioInput, window: fl
     run = make_runner(model, runner)
     probs = []
     for i in range(0, len(starts), batch_size):
-        x = window_batch(fe, feats, starts[i : i + batch_size], win)
-        probs.append(model.probabilities(run.run(x)["logits"].float()))
+        x, frames = window_batch(fe, feats, starts[i : i + batch_size], win)
+        probs.append(model.probabilities(run.run(x, num_frames=frames)["logits"].float()))
     seconds = torch.tensor(starts, dtype=torch.float64) * c.frame_shift / 1000.0
     return seconds, torch.cat(probs), feats
 
@@ -366,74 +316,13 @@ def embed(model: AudioClassifier, audio: AudioInput, sample_rate: int | None = N
     run = make_runner(model, runner)
     embs, frames = [], []
     for i in range(0, len(starts), batch_size):
-        out = run.run(window_batch(fe, feats, starts[i : i + batch_size], window), want_frames=True)
+        x, real = window_batch(fe, feats, starts[i : i + batch_size], window)
+        out = run.run(x, want_frames=True, num_frames=real)
         embs.append(out["embedding"].float())
-        frames.append(out["frame_embeddings"].float())
-    embs, frames = torch.cat(embs), torch.cat(frames)  # [W, D], [W, N, D]
-    return embs.mean(dim=0), frames.reshape(-1, frames.shape[-1])
-
-
-# --- the verb ----------------------------------------------------------------------------------------------------
-def _format_text(r: FileResult) -> str:
-    head = f"{r.source}  ({r.duration:.2f} s, {r.windows} window{'s' if r.windows != 1 else ''})"
-    return "\n".join([head] + [f"  {p:.4f}  {label}" for label, p in r.predictions])
-
-
-def main(argv: list[str]) -> int:
-    """``audiossl predict FILES... --model DIR``."""
-    ap = argparse.ArgumentParser(
-        prog="audiossl predict",
-        description="Print the top-k labels of audio files (any rate, mono or stereo, wav/flac/ogg/...). Files "
-        "longer than the model's window are cut into windows --hop seconds apart and the window probabilities "
-        "aggregated. A file that cannot be read gets an error line on stderr; the others still run; the exit "
-        "status is 1 if any file failed.",
-    )
-    ap.add_argument("files", nargs="+", help="audio files")
-    ap.add_argument("--model", required=True, help="exported model directory (audiossl export / convert)")
-    ap.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
-    ap.add_argument("--json", action="store_true", help="one JSON object per file per line instead of text")
-    ap.add_argument("--batch-size", type=int, default=8, help="windows per forward pass, across files (default 8)")
-    ap.add_argument("--hop", type=float, default=None, help="seconds between windows of long files (default: half a window)")
-    ap.add_argument("--aggregate", choices=AGGREGATIONS, default="max", help="window aggregation (default max)")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    ap.add_argument("--onnx", action="store_true", help="run DIR/model.onnx with onnxruntime instead of PyTorch")
-    args = ap.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        ap.error("--top-k and --batch-size must be at least 1")
-    if args.hop is not None and args.hop <= 0:
-        ap.error("--hop must be positive (seconds)")
-    from audiossl.errors import resolve_device
-
-    device = resolve_device(args.device)
-    from audiossl.checkpoint import CheckpointError
-    from audiossl.export import ONNX_FILE, ExportError, load_model
-
-    try:
-        model = load_model(args.model)
-        runner = OnnxRunner(Path(args.model) / ONNX_FILE) if args.onnx else None
-    except (ExportError, CheckpointError, FileNotFoundError, RuntimeError) as e:
-        print(f"audiossl predict: error: cannot load the model: {e}", file=sys.stderr)
-        return 1
-    if not model.has_head:
-        print(f"audiossl predict: error: {args.model}: {_no_head_reason()}", file=sys.stderr)
-        return 1
-    failed = 0
-    results = predict_files(model, args.files, args.top_k, args.batch_size, args.hop, args.aggregate, runner=runner,
-                            device=None if runner is not None else device)
-    for r in _progress(results, len(args.files)):
-        if r.error is not None:
-            failed += 1
-            print(f"audiossl predict: error: {r.error}", file=sys.stderr, flush=True)
-            continue
-        print(json.dumps(r.to_json()) if args.json else _format_text(r), flush=True)
-    if failed:
-        print(f"audiossl predict: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _progress(it, total: int):
-    if total < 8:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=total, desc="predict", unit="file", leave=False, disable=None)
+        toks = out["frame_embeddings"].float()  # [w, N, D]
+        if real is not None:  # drop the padding patches of the last window
+            valid = model.encoder.patch_valid(real, model.encoder.grid_shape(x.shape[1]))
+            if valid is not None:
+                toks = [t[v] for t, v in zip(toks, valid)]
+        frames.extend(list(toks))
+    return torch.cat(embs).mean(dim=0), torch.cat(frames)

@@ -9,6 +9,12 @@ tensors; the models only consume them (``encoder(x, keep=keep)``, ``gather``/``s
                             random to exactly ``int(N * (1 - mask_ratio))`` (102 of 512 at the defaults).
 * ``jepa_masks``            A-JEPA: one context block and several target blocks; a curriculum moves the targets from
                             random blocks to time-frequency-aware strips (full-band time spans, full-time freq bands).
+
+Padding. Each function takes an optional ``valid [B, N]`` (``AudioEncoder.patch_valid``: True where a patch holds
+real audio; real patches are the first time patches of a row). Masks are then drawn over each row's real patches
+only, with the reference's proportions applied to its real patch count, and a row that selects fewer patches than
+the longest row is topped up with *fillers*: padding patches, which the encoder and the losses ignore
+(``valid.gather(1, idx)`` tells them apart). Without ``valid`` the draws are exactly the reference's.
 """
 
 from __future__ import annotations
@@ -35,21 +41,53 @@ def _sorted_split(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order[:, :K].contiguous(), order[:, K:].contiguous()
 
 
+def split_with_fillers(selected: torch.Tensor, valid: torch.Tensor,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean ``selected [B, N]`` (a subset of ``valid``; counts may differ per row) -> (chosen ``[B, K]``, rest
+    ``[B, N - K]``), sorted ascending. ``K`` is the largest count, so a row with fewer selected patches is topped up
+    with padding patches (``~valid``, the fillers), unless some row has too few padding patches for that: then ``K``
+    is the largest size every row can reach and rows selecting more keep a uniformly random ``K`` of theirs."""
+    count = selected.sum(dim=1)
+    pad = ~valid & ~selected
+    K = int(count.max()) if selected.shape[0] else 0
+    reach = int((count + pad.sum(dim=1)).min()) if selected.shape[0] else 0
+    if K > reach:  # trim the rows that select more than every row can hold
+        K = reach
+        score = torch.where(selected, _rand(selected.shape, generator, selected.device), -1.0)
+        selected = _top_per_row(score, torch.clamp(count, max=K))
+    priority = torch.where(selected, 0, torch.where(pad, 1, 2)).to(torch.int8)  # selected, then fillers, then rest
+    order = torch.argsort(priority, dim=1, stable=True)
+    return order[:, :K].sort(dim=1).values, order[:, K:].sort(dim=1).values
+
+
+def _top_per_row(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[B, N]``: the ``k[b]`` highest scores of each row (ties broken by position)."""
+    order = score.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    return rank < k[:, None]
+
+
 def random_mask(
     batch: int,
     num_patches: int,
     mask_ratio: float = 0.8,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAE masking: keep ``int(N * (1 - mask_ratio))`` patches chosen uniformly at random.
+    """MAE masking: keep ``int(N * (1 - mask_ratio))`` patches chosen uniformly at random (``N``: the row's real
+    patches when ``valid [B, N]`` is given; padding fillers keep the batch rectangular).
 
     Returns (keep ``[B, K]``, masked ``[B, N - K]``), both sorted ascending.
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    K = max(1, int(num_patches * (1 - mask_ratio)))
     noise = _rand((batch, num_patches), generator, device)
+    if valid is not None:
+        k = (valid.sum(dim=1) * (1 - mask_ratio)).long().clamp_min(1)  # [B]
+        return split_with_fillers(_top_per_row(torch.where(valid, -noise, -2.0), k), valid)
+    K = max(1, int(num_patches * (1 - mask_ratio)))
     keep = noise.argsort(dim=1)[:, :K]  # the K smallest noises stay visible
     visible = torch.zeros(batch, num_patches, dtype=torch.bool, device=noise.device)
     visible.scatter_(1, keep, True)
@@ -64,6 +102,7 @@ def inverse_block_mask(
     adjust: float = 0.07,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EAT's inverse block masking (data2vec 2.0 ``compute_block_mask_2d`` with ``inverse_mask=True``).
 
@@ -76,6 +115,10 @@ def inverse_block_mask(
        distribution without a per-row loop);
     4. everything else is masked (410 of 512 at the defaults: 80.1%).
 
+    With ``valid``, each row does this on its own real grid (its first ``T_b`` time patches, ``N_b = T_b * F``
+    patches): ``int(N_b * (keep + adjust) / block**2)`` centres drawn over the real patches, squares clamped to the
+    real grid, exactly ``int(N_b * keep)`` visible; then padding fillers.
+
     Returns (keep ``[B, K]``, masked ``[B, N - K]``), sorted ascending.
     """
     T, Fp = grid
@@ -86,6 +129,8 @@ def inverse_block_mask(
     K = int(N * keep_ratio)
     if not 0 < K <= N:
         raise ValueError(f"mask_ratio {mask_ratio} keeps {K} of {N} patches")
+    if valid is not None:
+        return _inverse_block_mask_padded(valid, grid, keep_ratio, block, adjust, generator)
     n_centres = int(N * ((keep_ratio + adjust) / block**2))
     vis = torch.zeros(batch, T, Fp, dtype=torch.bool, device=device)
     if n_centres > 0:
@@ -103,6 +148,34 @@ def inverse_block_mask(
     visible = torch.zeros(batch, N, dtype=torch.bool, device=vis.device)
     visible.scatter_(1, keep, True)
     return _sorted_split(visible)
+
+
+def _inverse_block_mask_padded(valid: torch.Tensor, grid: tuple[int, int], keep_ratio: float, block: int,
+                               adjust: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inverse_block_mask`` on each row's real grid (see there), padding fillers to the longest row's count."""
+    T, Fp = grid
+    B, N = valid.shape
+    dev = valid.device
+    real_t = valid.view(B, T, Fp)[:, :, 0].sum(dim=1)  # [B] real time patches
+    real = real_t * Fp  # [B] real patches
+    n_centres = (real * ((keep_ratio + adjust) / block**2)).long()  # [B]
+    C = int(n_centres.max())
+    vis = torch.zeros(B, N, dtype=torch.bool, device=dev)  # inside a square
+    if C > 0:
+        centres = (_rand((B, C), generator, dev) * real[:, None]).long().clamp_max(N - 1)  # uniform over real patches
+        used = torch.arange(C, device=dev)[None, :] < n_centres[:, None]  # [B, C]
+        ct, cf = centres // Fp, centres % Fp
+        offs = torch.arange(block, device=dev) - block // 2
+        ti = torch.minimum((ct[:, :, None] + offs).clamp_min(0), (real_t - 1)[:, None, None])  # [B, C, block]
+        fi = (cf[:, :, None] + offs).clamp(0, Fp - 1)
+        flat = ti[:, :, :, None] * Fp + fi[:, :, None, :]  # [B, C, block, block]
+        hits = used[:, :, None, None].expand_as(flat).reshape(B, -1).to(torch.int32)  # unused centres add nothing
+        count = torch.zeros(B, N, dtype=torch.int32, device=dev)
+        count.scatter_add_(1, flat.reshape(B, -1), hits)
+        vis = count > 0
+    score = torch.where(valid, vis.to(torch.float32) * 2.0 + _rand((B, N), generator, dev), -1.0)
+    k = (real * keep_ratio).long().clamp_min(1)  # [B] exactly int(N_b * keep) visible
+    return split_with_fillers(_top_per_row(score, k), valid)
 
 
 def keep_to_mask(keep: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -127,18 +200,21 @@ class JepaMaskConfig:
     min_context: int = 4
 
 
-def _random_block(T: int, Fp: int, scale: float, aspect: float) -> tuple[int, int]:
-    area = scale * T * Fp
-    h = int(round(math.sqrt(area * aspect)))  # time extent
-    w = int(round(math.sqrt(area / aspect)))  # freq extent
-    return max(1, min(h, T)), max(1, min(w, Fp))
+def _block_sizes(real_t: torch.Tensor, Fp: int, scale: float, aspect: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row block extents (time ``[B]``, freq ``[B]``) of area ``scale * T_b * F`` and aspect ``time / freq``."""
+    area = scale * real_t.to(torch.float64) * Fp
+    h = torch.round(torch.sqrt(area * aspect)).long()  # time extent
+    w = torch.round(torch.sqrt(area / aspect)).long()  # freq extent
+    return torch.minimum(h.clamp_min(1), real_t), w.clamp(1, Fp)
 
 
-def _placed_blocks(batch: int, grid: tuple[int, int], h: int, w: int, generator, device) -> torch.Tensor:
-    """One ``h x w`` (time x freq) block per sample at a uniform position: boolean ``[B, T, F]``."""
+def _placed_blocks(grid: tuple[int, int], h: torch.Tensor, w: torch.Tensor, real_t: torch.Tensor,
+                   generator, device) -> torch.Tensor:
+    """One ``h_b x w_b`` (time x freq) block per row at a uniform position inside its real grid: bool ``[B, T, F]``."""
     T, Fp = grid
-    t0 = _randint(T - h + 1, (batch,), generator, device)  # [B]
-    f0 = _randint(Fp - w + 1, (batch,), generator, device)
+    B = real_t.shape[0]
+    t0 = (_rand((B,), generator, device) * (real_t - h + 1)).long()  # [B] in [0, T_b - h_b]
+    f0 = (_rand((B,), generator, device) * (Fp - w + 1)).long()
     tt = torch.arange(T, device=t0.device)
     ff = torch.arange(Fp, device=t0.device)
     in_t = (tt[None, :] >= t0[:, None]) & (tt[None, :] < (t0 + h)[:, None])  # [B, T]
@@ -153,51 +229,70 @@ def jepa_masks(
     cfg: JepaMaskConfig | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A-JEPA masks: (context ``[B, Kc]``, ``num_targets`` target tensors ``[B, Kt_i]``), all sorted ascending.
 
-    Each target block is, per batch (so every sample has equal-sized targets, as in I-JEPA):
-    * with probability ``1 - p_tf``: a random ``h x w`` block (area ``target_scale``, aspect ``target_aspect``);
+    Each target block's shape is drawn once per batch (the same uniforms for every row, as I-JEPA's collator does):
+    * with probability ``1 - p_tf``: a random block (area ``target_scale``, aspect ``target_aspect``);
     * with probability ``p_tf``: a time-frequency-aware strip — half the time a full-band time span (all frequency
       patches of ``strip_scale * T`` consecutive time steps), half the time a full-time frequency band.
     ``p_tf = tf_max * min(1, progress / curriculum_steps)`` where ``progress`` in [0, 1] is the fraction of training
-    done. Positions are drawn per sample. The context is a large random block (``context_scale``) minus every target
+    done. Positions are drawn per row. The context is a large random block (``context_scale``) minus every target
     patch, then cut at random to the smallest size in the batch so the batch stays rectangular.
+
+    With ``valid`` (padding), areas and spans are fractions of each row's real grid (``T_b`` real time patches),
+    blocks lie inside it, contexts are not cut to the smallest row, and padding fillers keep the batch rectangular.
     """
     cfg = cfg or JepaMaskConfig()
     T, Fp = grid
     N = T * Fp
     g = generator
+    padded = valid is not None
+    real_t = valid.view(batch, T, Fp)[:, :, 0].sum(dim=1) if padded else torch.full((batch,), T, device=device)
+    real_t = real_t.to(torch.long)
 
-    def u(shape=()):
-        return _rand(shape, g, device)
+    def u() -> float:
+        return float(_rand((), g, device))
+
+    def indices(sel: torch.Tensor) -> torch.Tensor:  # bool [B, N] -> sorted indices [B, K]
+        return split_with_fillers(sel, valid, g)[0] if padded else _sorted_split(sel)[0]
 
     p_tf = cfg.tf_max * min(1.0, max(0.0, progress) / max(cfg.curriculum_steps, 1e-8))
     targets = []
-    covered = torch.zeros(batch, T, Fp, dtype=torch.bool, device=device)
+    covered = torch.zeros(batch, T, Fp, dtype=torch.bool, device=real_t.device)
+    full_f = torch.full_like(real_t, Fp)
     for _ in range(cfg.num_targets):
-        if float(u()) < p_tf:
-            span_frac = cfg.strip_scale[0] + float(u()) * (cfg.strip_scale[1] - cfg.strip_scale[0])
-            if float(u()) < 0.5:  # full-band time strip
-                h, w = max(1, int(round(span_frac * T))), Fp
+        if u() < p_tf:
+            span_frac = cfg.strip_scale[0] + u() * (cfg.strip_scale[1] - cfg.strip_scale[0])
+            if u() < 0.5:  # full-band time strip
+                h, w = torch.round(span_frac * real_t.to(torch.float64)).long().clamp_min(1), full_f
             else:  # full-time frequency band
-                h, w = T, max(1, int(round(span_frac * Fp)))
+                h, w = real_t, torch.full_like(real_t, max(1, int(round(span_frac * Fp))))
         else:
-            scale = cfg.target_scale[0] + float(u()) * (cfg.target_scale[1] - cfg.target_scale[0])
-            aspect = math.exp(math.log(cfg.target_aspect[0]) + float(u()) * math.log(cfg.target_aspect[1] / cfg.target_aspect[0]))
-            h, w = _random_block(T, Fp, scale, aspect)
-        blk = _placed_blocks(batch, (T, Fp), h, w, g, device)  # [B, T, Fp]
+            scale = cfg.target_scale[0] + u() * (cfg.target_scale[1] - cfg.target_scale[0])
+            aspect = math.exp(math.log(cfg.target_aspect[0]) + u() * math.log(cfg.target_aspect[1] / cfg.target_aspect[0]))
+            h, w = _block_sizes(real_t, Fp, scale, aspect)
+        blk = _placed_blocks((T, Fp), h, w, real_t, g, device)  # [B, T, Fp]
         covered |= blk
-        targets.append(_sorted_split(blk.reshape(batch, N))[0])
+        targets.append(indices(blk.reshape(batch, N)))
 
-    # context: a large block, minus all targets, equalised to the smallest count in the batch
-    scale = cfg.context_scale[0] + float(u()) * (cfg.context_scale[1] - cfg.context_scale[0])
-    h, w = _random_block(T, Fp, scale, 1.0 * T / Fp)
-    ctx = (_placed_blocks(batch, (T, Fp), h, w, g, device) & ~covered).reshape(batch, N)
-    counts = ctx.sum(dim=1)
-    K = int(counts.min())
+    # context: a large block, minus all targets
+    scale = cfg.context_scale[0] + u() * (cfg.context_scale[1] - cfg.context_scale[0])
+    h, w = _block_sizes(real_t, Fp, scale, 1.0 * T / Fp)
+    ctx = (_placed_blocks((T, Fp), h, w, real_t, g, device) & ~covered).reshape(batch, N)
+    free = ~covered.reshape(batch, N)
+    if padded:  # per row: fall back to every uncovered real patch, then to every real patch
+        free &= valid
+        small = ctx.sum(dim=1) < cfg.min_context
+        ctx = torch.where(small[:, None], free, ctx)
+        small = ctx.sum(dim=1) < cfg.min_context
+        ctx = torch.where(small[:, None], valid, ctx)
+        return indices(ctx), targets
+    # equalised to the smallest count in the batch
+    K = int(ctx.sum(dim=1).min())
     if K < cfg.min_context:  # the targets swallowed the context block: use every patch no target covers
-        ctx = ~covered.reshape(batch, N)
+        ctx = free
         K = int(ctx.sum(dim=1).min())
         if K < cfg.min_context:  # targets cover (almost) the whole grid: the context may overlap them
             ctx, K = torch.ones_like(ctx), min(cfg.min_context, N)

@@ -135,8 +135,9 @@ def test_eat_pretrained_fairseq_map_equals_post_ln_reference(tmp_path):
         ref = eat_reference(sd, x)
         assert ours.shape == ref.shape
         assert (ours - ref).abs().max() < 1e-4
-    # embed pools the CLS token, which is the reference's first output token
-    wave = torch.randn(16000) * 0.1
+    # embed pools the CLS token, which is the reference's first output token (a clip filling the window: the
+    # reference has no padding mask)
+    wave = torch.randn(400 + 127 * 160) * 0.1  # exactly 128 frames
     emb, frames = model.embed(wave, 16000)
     ref = eat_reference(sd, model.front_end(wave[None]))
     assert (emb - ref[0, 0]).abs().max() < 1e-4 and (frames - ref[0, 1:]).abs().max() < 1e-4

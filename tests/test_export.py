@@ -107,9 +107,12 @@ def test_pretrain_checkpoint_exports_an_encoder_only_model(tmp_path, capsys):
     assert not model.has_head
     wave = torch.randn(16000) * 0.1
     emb, frames = model.embed(wave, 16000)
-    with torch.no_grad():
-        tokens = enc(model.front_end(wave[None]))
-    assert torch.allclose(emb, tokens[0, 0], atol=1e-6) and torch.allclose(frames, tokens[0, 1:], atol=1e-6)
+    with torch.no_grad():  # the 1 s clip is padded to the window: padding is masked, its patches are left out
+        x, n = model.front_end(wave[None], return_frames=True)
+        tokens = enc(x, num_frames=n)
+        valid = enc.patch_valid(n, enc.grid_shape(x.shape[1]))[0]
+    assert 0 < frames.shape[0] == int(valid.sum()) < valid.numel()
+    assert torch.allclose(emb, tokens[0, 0], atol=1e-6) and torch.allclose(frames, tokens[0, 1:][valid], atol=1e-6)
     with pytest.raises(MissingHeadError, match="no classifier head"):
         model.predict(wave)
     with pytest.raises(MissingHeadError, match="no classifier head"):
@@ -140,12 +143,15 @@ def test_onnx_export_matches_pytorch_at_two_batch_sizes_and_lengths(tmp_path, ca
     assert "max abs diff" in capsys.readouterr().out
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["logits", "embedding", "frame_embeddings"]
+    assert [i.name for i in sess.get_inputs()] == ["fbank", "num_frames"]
     for B, T in ((2, 128), (5, 77)):  # 77 frames: not a whole number of patches, padded inside the graph
         x = torch.randn(B, T, 128)
-        logits, emb, frames = sess.run(None, {"fbank": x.numpy()})
+        n = torch.tensor([T, T // 3, 17, 1, T - 5][:B])  # real frames per row: padding masked in the graph too
+        logits, emb, frames = sess.run(None, {"fbank": x.numpy(), "num_frames": n.numpy()})
         with torch.no_grad():
-            ref_emb, ref_frames = model.forward_features(x)
-            ref_logits = model(x)
+            ref_emb, ref_frames = model.forward_features(x, n)
+            ref_logits = model(x, n)
+            assert (ref_logits[1:] - model(x)[1:]).abs().max() > 1e-3  # the mask matters for the padded rows
         assert logits.shape == (B, 5) and frames.shape == tuple(ref_frames.shape)
         assert np.abs(logits - ref_logits.numpy()).max() <= 1e-4
         assert np.abs(emb - ref_emb.numpy()).max() <= 1e-4

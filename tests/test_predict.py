@@ -53,9 +53,10 @@ def setup(tmp_path_factory):
     return d, model, {k: v[0] for k, v in files.items()}, bad
 
 
-def _probs(model, fbank):
+def _probs(model, waves):
+    """Waveforms [B, N] -> probabilities, through the front end with its padding mask (as training computes them)."""
     with torch.no_grad():
-        return torch.sigmoid(model(fbank))
+        return torch.sigmoid(model.logits_from_audio(waves))
 
 
 def _reference(model, path, hop_frames=None, aggregate="max"):
@@ -67,10 +68,10 @@ def _reference(model, path, hop_frames=None, aggregate="max"):
         wave = AF.resample(wave, rate, 16000)
     n_frames = 1 + (wave.numel() - 400) // 160
     if n_frames <= WINDOW:
-        return _probs(model, model.front_end(wave[None]))[0]
+        return _probs(model, wave[None])[0]
     starts = list(range(0, n_frames - WINDOW, hop_frames)) + [n_frames - WINDOW]
     chunks = [wave[s * 160 : s * 160 + 400 + (WINDOW - 1) * 160] for s in starts]  # exactly WINDOW frames each
-    probs = _probs(model, model.front_end(torch.stack(chunks)))
+    probs = _probs(model, torch.stack(chunks))
     assert probs.shape[0] == len(starts)
     return probs.max(0).values if aggregate == "max" else probs.mean(0)
 
@@ -94,7 +95,7 @@ def test_predict_cli_json_formats_rates_long_file_and_a_corrupt_one(setup, capsy
     assert long["windows"] == len(range(0, (1 + (35 * 16000 - 400) // 160) - WINDOW, 100)) + 1
     assert abs(long["duration"] - 35.0) < 1e-3
     # aggregation matters: the first window alone does not give the file's maximum
-    first = _probs(model, model.front_end(torch.from_numpy(sf.read(str(files["long"]), dtype="float32")[0][None])))[0]
+    first = _probs(model, torch.from_numpy(sf.read(str(files["long"]), dtype="float32")[0][None]))[0]
     assert (ref - first).max() > 1e-3  # ref: the long file's, from the loop above
 
 
@@ -116,9 +117,9 @@ def test_batching_across_files_mean_aggregation_and_onnx(setup):
     sizes = []
 
     class Recorder(TorchRunner):
-        def run(self, fbank, want_frames=False):
+        def run(self, fbank, want_frames=False, num_frames=None):
             sizes.append(fbank.shape[0])
-            return super().run(fbank, want_frames)
+            return super().run(fbank, want_frames, num_frames)
 
     many = list(predict_files(model, paths, top_k=6, batch_size=16, hop=1.0, runner=Recorder(model)))
     # windows are packed across files: every batch but the last is full
@@ -147,15 +148,19 @@ def test_python_api_predict_and_embed(setup):
     assert [p[0] for p in again] == [p[0] for p in preds] and np.allclose([p[1] for p in again], [p[1] for p in preds], atol=1e-6)
     with pytest.raises(Exception, match="broken.wav"):
         loaded.predict(str(setup[3]))
-    # embed: one window -> forward_features of the front end; 35 s -> back-to-back windows
+    # embed: one window -> forward_features of the front end (padding masked, its patches left out);
+    # 35 s -> back-to-back windows (the padding patches of the last one left out)
     wave = torch.from_numpy(_signal(1.0, 16000))
     emb, frames = loaded.embed(wave, 16000)
     with torch.no_grad():
-        ref_emb, ref_frames = model.forward_features(model.front_end(wave[None]))
-    assert torch.allclose(emb, ref_emb[0], atol=1e-5) and torch.allclose(frames, ref_frames[0], atol=1e-5)
+        x, n = model.front_end(wave[None], return_frames=True)
+        ref_emb, ref_frames = model.forward_features(x, n)
+        valid = model.encoder.patch_valid(n, model.encoder.grid_shape(WINDOW))[0]
+    assert frames.shape[0] == int(valid.sum()) == 7 * 8  # 98 real frames of 128: 7 of 8 time patches
+    assert torch.allclose(emb, ref_emb[0], atol=1e-5) and torch.allclose(frames, ref_frames[0][valid], atol=1e-5)
     long_emb, long_frames = loaded.embed(str(files["long"]))
-    n_windows = -(-(1 + (35 * 16000 - 400) // 160) // WINDOW)
-    assert long_emb.shape == (64,) and long_frames.shape == (n_windows * 8 * 8, 64)
+    n_frames = 1 + (35 * 16000 - 400) // 160
+    assert long_emb.shape == (64,) and long_frames.shape == (-(-n_frames // 16) * 8, 64)
 
 
 def test_too_short_and_bad_arguments(setup, capsys):

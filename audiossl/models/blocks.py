@@ -5,6 +5,7 @@
 
 Both return ``(x, h)``: the block output and the FFN output before the residual (EAT's per-layer target).
 Attention and MLP are timm's layers; attention runs through ``F.scaled_dot_product_attention`` (flash on GPUs).
+``attn_mask`` (bool ``[B, 1, 1, N]``, True = this key takes part) keeps padding tokens out of every query's attention.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: [B, N, D]
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [B, N, D]; attn_mask: bool [B, 1, 1, N] or None
         if self.style == "pre":
-            x = x + self.drop_path(self.attn(self.norm1(x)))
+            x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask))
             h = self.mlp(self.norm2(x))
             return x + self.drop_path(h), h
-        x = x + self.drop_path(self.attn(x))
+        x = x + self.drop_path(self.attn(x, attn_mask=attn_mask))
         r = self.norm1(x)
         h = self.mlp(r)
         return self.norm2(r + self.drop_path(h)), h

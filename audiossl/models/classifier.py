@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from audiossl.config_dict import DictConfig
-from audiossl.errors import UserError
+from audiossl import inference
+from audiossl.errors import MissingHeadError
 from audiossl.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 
@@ -31,8 +32,10 @@ class HeadConfig(DictConfig):
 
 
 
-def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
-    """``[B, P + N, D]`` -> ``[B, D]``."""
+def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, P + N, D]`` -> ``[B, D]``; ``valid [B, N]`` (padding mask, True = real patch) restricts ``mean`` to the
+    real patches (the prefix tokens attended to real patches only already)."""
     if pool == "cls":
         if num_prefix_tokens < 1:
             raise ValueError("pool='cls' needs an encoder with a CLS token")
@@ -40,7 +43,11 @@ def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torc
     if pool == "prefix":
         return tokens[:, :num_prefix_tokens].mean(dim=1)
     if pool == "mean":
-        return tokens[:, num_prefix_tokens:].mean(dim=1)
+        patches = tokens[:, num_prefix_tokens:]
+        if valid is None:
+            return patches.mean(dim=1)
+        w = valid.to(patches.dtype)[..., None]  # [B, N, 1]
+        return (patches * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
     raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
 
 
@@ -59,10 +66,6 @@ class ClassifierHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(pooled))  # [B, C]
-
-
-class MissingHeadError(UserError, RuntimeError):
-    """Classification asked of a model that has no classifier head (an encoder exported from pretraining)."""
 
 
 class AudioClassifier(nn.Module):
@@ -143,20 +146,31 @@ class AudioClassifier(nn.Module):
             pool=d.get("pool"),
         )
 
-    def forward_features(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``)."""
-        tokens = self.encoder(fbank)
-        P = self.encoder.num_prefix_tokens
-        return pool_tokens(tokens, self._pool, P), tokens[:, P:]
+    def forward_features(self, fbank: torch.Tensor,
+                         num_frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``). ``num_frames [B]`` (real
+        frames per row, ``front_end(..., return_frames=True)``) keeps padding out of attention and pooling; the patch
+        tokens at padding positions are then meaningless."""
+        enc = self.encoder
+        patches, valid = enc.embed_padded(fbank, num_frames)
+        tokens = enc.forward_tokens(patches, valid=valid)
+        P = enc.num_prefix_tokens
+        return pool_tokens(tokens, self._pool, P, valid), tokens[:, P:]
 
-    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Normalised front-end output ``[B, T, F]`` -> logits ``[B, num_classes]``."""
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised front-end output ``[B, T, F]`` (and real frames per row ``[B]``) -> logits ``[B, num_classes]``."""
         if self.head is None:
             raise MissingHeadError(_NO_HEAD)
-        pooled, _ = self.forward_features(fbank)
+        pooled, _ = self.forward_features(fbank, num_frames)
         return self.head(pooled)
 
-    # --- user-facing inference (implemented in audiossl.inference) ---------------------------------------------
+    def logits_from_audio(self, waveforms: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Waveforms ``[B, N]`` at the front end's rate (``num_samples [B]``: real length of zero-padded rows) ->
+        logits ``[B, C]``, with the padding mask when the front end asks for it."""
+        x, frames = self.front_end(waveforms, num_samples=num_samples, return_frames=True)
+        return self(x, frames)
+
+    # --- user-facing inference (implemented in audiossl.inference, which knows models only by their methods) -----
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., C]`` -> class probabilities: sigmoid for multi-label models, softmax otherwise."""
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
@@ -167,17 +181,13 @@ class AudioClassifier(nn.Module):
         ``[channels, N]``, at ``sample_rate``, default the model's rate). Clips longer than the model's window are
         cut into windows ``hop`` seconds apart (default: half a window) and the window probabilities aggregated
         (``max`` or ``mean``)."""
-        from audiossl.inference import predict
-
-        return predict(self, audio, top_k=top_k, sample_rate=sample_rate, hop=hop, aggregate=aggregate)
+        return inference.predict(self, audio, top_k=top_k, sample_rate=sample_rate, hop=hop, aggregate=aggregate)
 
     def embed(self, audio, sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(clip embedding ``[D]``, frame embeddings ``[N, D]``) for one clip (path, bytes or waveform). Clips longer
         than a window are cut into back-to-back windows: the clip embedding is the mean over windows, the frame
         embeddings are every window's patch tokens, window after window."""
-        from audiossl.inference import embed
-
-        return embed(self, audio, sample_rate=sample_rate)
+        return inference.embed(self, audio, sample_rate=sample_rate)
 
 
 _NO_HEAD = (

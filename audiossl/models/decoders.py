@@ -6,6 +6,10 @@
 * ``TokenDecoder`` (MAE decoder, JEPA predictor): a narrow pre-LN transformer. Visible tokens are projected to the
   decoder width, learned mask tokens are placed at the query positions, fixed sin-cos positions are added to
   everything, and the outputs at the query positions are projected to ``out_dim``.
+
+Both take an optional ``valid [B, N]`` padding mask (``AudioEncoder.patch_valid``). The CNN decoder zeroes padding
+positions at its input and after every layer, so a real position sees exactly what zero padding at the clip's own
+edge would show it; the token decoder keeps padding tokens (and fillers) out of attention.
 """
 
 from __future__ import annotations
@@ -38,20 +42,26 @@ class CNNDecoder2d(nn.Module):
         self.proj = nn.Linear(decoder_dim, dim)
 
     def forward(self, visible: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int],
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """visible ``[B, K, D]`` (prefix tokens removed), keep ``[B, K]`` -> predictions ``[B, N, D]`` for all patches."""
+                generator: torch.Generator | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """visible ``[B, K, D]`` (prefix tokens removed), keep ``[B, K]`` -> predictions ``[B, N, D]`` for all patches
+        (``valid [B, N]``: padding positions are held at zero, their predictions are meaningless)."""
         B, K, D = visible.shape
         T, Fp = grid
         N = T * Fp
         noise = torch.randn(B, N, D, generator=generator, device=visible.device, dtype=torch.float32)
         x = scatter_to_grid(visible, keep, N, (noise * self.noise_std).to(visible.dtype))  # [B, N, D]
+        real = None if valid is None else valid.reshape(B, 1, T, Fp).to(x.dtype)  # [B, 1, T, F]
         x = x.transpose(1, 2).reshape(B, D, T, Fp)  # time-major tokens -> [B, D, T, F] image
+        if real is not None:
+            x = x * real
         residual = x
         for conv in self.convs:
             h = conv(x)
             h = F.layer_norm(h.transpose(1, 3), h.shape[1:2]).transpose(1, 3)  # LN over channels, no affine
             h = F.gelu(h)
             x = h + residual if h.shape[1] == residual.shape[1] else h
+            if real is not None:
+                x = x * real
             residual = x
         x = x.reshape(B, x.shape[1], N).transpose(1, 2)  # [B, N, C]
         return self.proj(x)
@@ -83,14 +93,19 @@ class TokenDecoder(nn.Module):
             self._pos_cache[key] = sincos_2d(self.dim, *grid).to(device=device, dtype=dtype)
         return self._pos_cache[key]
 
-    def forward(self, visible: torch.Tensor, keep: torch.Tensor, query: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """visible ``[B, K, Din]`` at patch indices ``keep [B, K]``; predict at ``query [B, M]`` -> ``[B, M, out]``."""
+    def forward(self, visible: torch.Tensor, keep: torch.Tensor, query: torch.Tensor, grid: tuple[int, int],
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """visible ``[B, K, Din]`` at patch indices ``keep [B, K]``; predict at ``query [B, M]`` -> ``[B, M, out]``
+        (``valid [B, N]``: padding tokens and fillers take no part in attention)."""
         B, K, _ = visible.shape
         M = query.shape[1]
         pos = self.positions(grid, visible.device, self.embed.weight.dtype)  # [N, dim]
         ctx = self.embed(visible) + pos[keep]  # [B, K, dim]
         q = self.mask_token.expand(B, M, -1) + pos[query]  # [B, M, dim]
         x = torch.cat([ctx, q], dim=1)
+        mask = None
+        if valid is not None:
+            mask = torch.cat([valid.gather(1, keep), valid.gather(1, query)], dim=1)[:, None, None, :]  # [B,1,1,K+M]
         for blk in self.blocks:
-            x, _ = blk(x)
+            x, _ = blk(x, mask)
         return self.head(self.norm(x[:, K:]))

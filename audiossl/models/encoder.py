@@ -9,6 +9,14 @@ before the trunk and no final norm, the pre style a final norm and nothing befor
 
 ``encoder(x, keep=idx)`` runs only the kept patches (plus prefix tokens) through the trunk: MAE/EAT students drop
 masked tokens this way. ``return_layers=True`` also returns every block's output and FFN output (EAT targets).
+
+Padding. ``encoder(x, num_frames=n)`` (``n [B]``: frames of real audio per row, from ``FrontEnd(...,
+return_frames=True)``) marks every patch whose first frame lies beyond the real audio as padding
+(``patch_valid``, ``[B, N]`` bool); padding keys take no part in attention (an SDPA boolean mask), so the real
+tokens of a padded clip are those of the clip cut to its own whole patches, up to float rounding. With ``keep``, a
+kept index may point at a padding patch (a *filler*: masks keep the batch rectangular that way) and is masked too.
+The outputs at padding positions are meaningless; poolings, targets and losses use ``patch_valid`` to ignore them.
+A batch without padding runs without a mask (flash attention stays available on GPUs).
 """
 
 from __future__ import annotations
@@ -185,6 +193,33 @@ class AudioEncoder(nn.Module):
             grid = grid.transpose(0, 1)
         return grid.reshape(gt * gf, -1)
 
+    # --- padding -------------------------------------------------------------------------------------------------
+    def patch_valid(self, num_frames: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor | None:
+        """``[B, N]`` bool, True where a patch holds real audio, for ``num_frames [B]`` real frames on the patch
+        ``grid = (time patches, freq patches)`` (``grid_shape(T)``); ``None`` when ``num_frames`` is ``None`` or no
+        patch is padding."""
+        if num_frames is None:
+            return None
+        c = self.config
+        gt, gf = grid
+        n = num_frames.reshape(-1, 1).to(torch.long).clamp_min(1)
+        starts = torch.arange(gt, device=n.device) * c.patch_stride  # [gt] first frame of each time patch
+        valid_t = starts[None, :] < n  # [B, gt]
+        if not _tracing() and bool(valid_t.all()):
+            return None
+        if c.patch_order == "time":
+            return valid_t.repeat_interleave(gf, dim=1)  # [B, gt*gf], index t*gf + f
+        return valid_t.repeat(1, gf)  # [B, gf*gt], index f*gt + t
+
+    @staticmethod
+    def attention_mask(valid: torch.Tensor | None, num_prefix: int) -> torch.Tensor | None:
+        """Token validity of the patches ``[B, K]`` -> the blocks' SDPA mask ``[B, 1, 1, P + K]`` (prefix always in)."""
+        if valid is None:
+            return None
+        if num_prefix:
+            valid = torch.cat([valid.new_ones(valid.shape[0], num_prefix), valid], dim=1)
+        return valid[:, None, None, :]
+
     # --- forward -------------------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens with positions: ``[B, T, F]`` -> ``[B, N, D]`` (N = time patches x freq patches)."""
@@ -214,6 +249,12 @@ class AudioEncoder(nn.Module):
             p = p.permute(0, 3, 2, 1).reshape(B, gt * gf, -1)  # [B, Fp*Tp, D], index f*Tp + t
         return p + self.patch_positions(gt, gf, device=p.device, dtype=p.dtype)
 
+    def embed_padded(self, x: torch.Tensor, num_frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``embed(x)`` and the patches' validity ``[B, N]`` (``patch_valid``; ``None``: no padding)."""
+        patches = self.embed(x)
+        gf = self.num_freq_patches
+        return patches, self.patch_valid(num_frames, (patches.shape[1] // gf, gf))
+
     def prefix(self, batch: int) -> torch.Tensor | None:
         """Prefix tokens ``[B, P, D]`` (with their learned positions when the table has them)."""
         if self.prefix_tokens is None:
@@ -223,18 +264,23 @@ class AudioEncoder(nn.Module):
             tok = tok + self.pos_table[:, : self.num_prefix_tokens]
         return tok.expand(batch, -1, -1)
 
-    def forward_tokens(self, patches: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False):
-        """Trunk over embedded patches ``[B, N, D]``; ``keep`` ``[B, K]`` selects the patches that enter."""
+    def forward_tokens(self, patches: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False,
+                       valid: torch.Tensor | None = None):
+        """Trunk over embedded patches ``[B, N, D]``; ``keep`` ``[B, K]`` selects the patches that enter; ``valid``
+        ``[B, N]`` (``patch_valid``) keeps padding patches out of attention."""
         if keep is not None:
             if keep.dim() != 2 or keep.shape[0] != patches.shape[0]:
                 raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
             patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, D]
+            if valid is not None:
+                valid = torch.gather(valid, 1, keep)  # [B, K]
+        mask = self.attention_mask(valid, self.num_prefix_tokens)
         pre = self.prefix(patches.shape[0])
         x = patches if pre is None else torch.cat([pre, patches], dim=1)  # [B, P + K, D]
         x = self.pre_norm(x)
         layers, ffn = [], []
         for blk in self.blocks:
-            x, h = blk(x)
+            x, h = blk(x, mask)
             if return_layers:
                 layers.append(x)
                 ffn.append(h)
@@ -243,10 +289,13 @@ class AudioEncoder(nn.Module):
             return x, layers, ffn
         return x
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False):
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False,
+                num_frames: torch.Tensor | None = None):
         """``[B, T, F]`` -> tokens ``[B, P + N, D]`` (prefix first); with ``return_layers`` also per-block lists
-        ``layers`` (block outputs) and ``ffn`` (FFN outputs before the residual), each ``[B, P + N, D]``."""
-        return self.forward_tokens(self.embed(x), keep=keep, return_layers=return_layers)
+        ``layers`` (block outputs) and ``ffn`` (FFN outputs before the residual), each ``[B, P + N, D]``.
+        ``num_frames [B]``: real frames per row; padding patches are kept out of attention (see the module doc)."""
+        patches, valid = self.embed_padded(x, num_frames)
+        return self.forward_tokens(patches, keep=keep, return_layers=return_layers, valid=valid)
 
     def no_weight_decay(self) -> set[str]:
         return {"prefix_tokens", "pos_table"}

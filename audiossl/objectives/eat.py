@@ -18,6 +18,10 @@ Read top to bottom:
    ``M``. ``frame_loss`` and ``cls_loss`` are logged with exactly the normalisation fairseq logs them with
    (``loss_<name> / sample_size``), so they compare with the reference logs (SSLAM stage 2 at 200k updates:
    ``eat_patch_loss`` ~13.8, ``eat_cls_loss`` ~0.2 per GPU batch of 24 x 8 clones).
+
+Padding (``num_frames``): the teacher attends to real patches only and its instance norm counts them only; the
+utterance target averages real patches; masks are drawn over each clip's real patches (``masking``); the CNN decoder
+holds padding at zero; only real masked patches count in the frame loss and in ``M``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from audiossl.masking import inverse_block_mask
 from audiossl.models.decoders import CNNDecoder2d
 from audiossl.objectives.base import PretrainModule
 from audiossl.objectives.ema import EMATeacher
-from audiossl.objectives.targets import d2v_regression, feature_std, layer_targets
+from audiossl.objectives.targets import d2v_regression, feature_std, layer_targets, masked_mean
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,14 +42,21 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None 
     return x[rows[:, None], idx]
 
 
-def diagnostics(keep, masked, pred_m, target_m, tokens) -> dict:
-    """Masking rate and collapse diagnostics: per-dimension std of predictions, targets and the student CLS."""
+def diagnostics(keep, masked, pred_m, target_m, tokens, m_valid=None, valid=None) -> dict:
+    """Masking rate and collapse diagnostics: per-dimension std of predictions, targets and the student CLS
+    (``m_valid [B, M]`` / ``valid [B, N]``: real masked patches / real patches, when there is padding)."""
+    if m_valid is None:
+        pct = masked.shape[1] / (keep.shape[1] + masked.shape[1])
+        var = target_m.detach().float().var()
+    else:
+        pct = m_valid.sum() / valid.sum().clamp_min(1)
+        var = target_m.detach().float()[m_valid].var()
     return {
-        "masked_pct": masked.shape[1] / (keep.shape[1] + masked.shape[1]),
-        "pred_std": feature_std(pred_m),
-        "target_std": feature_std(target_m),
+        "masked_pct": pct,
+        "pred_std": feature_std(pred_m, m_valid),
+        "target_std": feature_std(target_m, m_valid),
         "student_cls_std": feature_std(tokens[:, 0]),
-        "target_var": target_m.detach().float().var(),
+        "target_var": var,
     }
 
 
@@ -92,54 +103,61 @@ class EAT(PretrainModule):
 
     # --- pieces --------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_layers(self, fbank: torch.Tensor, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def teacher_layers(self, fbank: torch.Tensor, keep: torch.Tensor | None = None,
+                       valid: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per-block FFN outputs of the teacher, prefix tokens removed: list of ``[B, N or K, D]``."""
         tm = self.teacher.model
-        _, _, ffn = tm.forward_tokens(tm.embed(fbank), keep=keep, return_layers=True)
+        _, _, ffn = tm.forward_tokens(tm.embed(fbank), keep=keep, return_layers=True, valid=valid)
         P = tm.num_prefix_tokens
         return [h[:, P:] for h in ffn]
 
-    def masks(self, batch: int, grid: tuple[int, int], generator: torch.Generator):
+    def masks(self, batch: int, grid: tuple[int, int], generator: torch.Generator, valid: torch.Tensor | None = None):
         hp = self.hparams
-        return inverse_block_mask(batch, grid, hp.mask_ratio, hp.mask_block, hp.mask_adjust, generator, self.device)
+        return inverse_block_mask(batch, grid, hp.mask_ratio, hp.mask_block, hp.mask_adjust, generator, self.device,
+                                  valid)
 
-    def student(self, patches: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def student(self, patches: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Clone-expanded patch tokens ``[BC, N, D]`` -> student tokens over the kept patches ``[BC, P + K, D]``."""
-        return self.encoder.forward_tokens(patches, keep=keep)
+        return self.encoder.forward_tokens(patches, keep=keep, valid=valid)
 
-    def frame_and_cls_errors(self, tokens, keep, masked, grid, frame_target, cls_target, rows, generator):
-        """Sums of scaled squared errors: (frame, over masked tokens), (cls, over sequences), plus diagnostics."""
+    def frame_and_cls_errors(self, tokens, keep, masked, grid, frame_target, cls_target, rows, generator, valid=None):
+        """Sums of scaled squared errors: (frame, over real masked tokens), (cls, over sequences), the masked
+        predictions and targets, and which masked tokens are real (``[BC, M]`` bool, ``None`` without padding)."""
         P = self.encoder.num_prefix_tokens
-        pred = self.decoder(tokens[:, P:], keep, grid, generator=generator)  # [BC, N, D]
+        pred = self.decoder(tokens[:, P:], keep, grid, generator=generator, valid=valid)  # [BC, N, D]
         pred_m = gather_tokens(pred, masked)  # [BC, M, D]
         target_m = gather_tokens(frame_target, masked, rows)  # [BC, M, D]
-        frame_sum = d2v_regression(pred_m, target_m).sum()
+        err = d2v_regression(pred_m, target_m)
+        m_valid = None if valid is None else torch.gather(valid, 1, masked)  # [BC, M]
+        frame_sum = err.sum() if m_valid is None else (err * m_valid[..., None]).sum()
         cls_sum = d2v_regression(tokens[:, 0], cls_target[rows]).sum()
-        return frame_sum, cls_sum, pred_m, target_m
+        return frame_sum, cls_sum, pred_m, target_m, m_valid
 
     # --- the objective -------------------------------------------------------------------------------------------
-    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
+                     num_frames: torch.Tensor | None = None) -> dict:
         hp = self.hparams
         B, T, _ = fbank.shape
         C = hp.clone_batch
         grid = self.encoder.grid_shape(T)
 
-        y = layer_targets(self.teacher_layers(fbank), self.top_k)  # [B, N, D]
-        cls_target = y.mean(dim=1)  # [B, D]
+        patches, valid = self.encoder.embed_padded(fbank, num_frames)  # [B, N, D] once per clip, [B, N] or None
+        y = layer_targets(self.teacher_layers(fbank, valid=valid), self.top_k, valid=valid)  # [B, N, D]
+        cls_target = masked_mean(y, valid)  # [B, D]
 
-        patches = self.encoder.embed(fbank)  # [B, N, D], computed once per clip
-        keep, masked = self.masks(B * C, grid, generator)  # [BC, K], [BC, M]
-        tokens = self.student(patches.repeat_interleave(C, dim=0), keep)  # [BC, 1 + K, D]
+        valid_c = None if valid is None else valid.repeat_interleave(C, dim=0)  # [BC, N]
+        keep, masked = self.masks(B * C, grid, generator, valid_c)  # [BC, K], [BC, M]
+        tokens = self.student(patches.repeat_interleave(C, dim=0), keep, valid_c)  # [BC, 1 + K, D]
         rows = torch.arange(B * C, device=fbank.device) // C  # clone -> clip
-        frame_sum, cls_sum, pred_m, target_m = self.frame_and_cls_errors(
-            tokens, keep, masked, grid, y, cls_target, rows, generator
+        frame_sum, cls_sum, pred_m, target_m, m_valid = self.frame_and_cls_errors(
+            tokens, keep, masked, grid, y, cls_target, rows, generator, valid_c
         )
-        M = masked.numel()  # fairseq's sample_size
+        M = masked.numel() if m_valid is None else m_valid.sum().clamp_min(1)  # fairseq's sample_size
         frame_loss = frame_sum / M
         cls_loss = hp.cls_weight * cls_sum
         return {
             "loss": frame_loss + cls_loss,
             "frame_loss": frame_loss.detach(),
             "cls_loss": cls_loss.detach(),
-            **diagnostics(keep, masked, pred_m, target_m, tokens),
+            **diagnostics(keep, masked, pred_m, target_m, tokens, m_valid, valid_c),
         }

@@ -12,6 +12,9 @@ these choices made where the paper is silent (documented in the README):
    sin-cos positions — predicts each target block from the context tokens.
 4. Loss: mean squared error (A-JEPA's L2) or smooth L1 (I-JEPA), averaged over target patches and blocks.
 5. EMA: linear from ``ema_start`` to ``ema_end`` over ``ema_anneal_steps`` (I-JEPA: 0.996 -> 1.0 over training).
+
+Padding (``num_frames``): blocks are drawn on each clip's real grid (``jepa_masks``), padding and fillers stay out of
+every attention, and only real target patches count in the loss.
 """
 
 from __future__ import annotations
@@ -85,25 +88,32 @@ class JEPA(PretrainModule):
             return 0.0
         return min(1.0, self.global_step / max(1, total_steps(self.trainer)))
 
-    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
+                     num_frames: torch.Tensor | None = None) -> dict:
         hp = self.hparams
         B, T, _ = fbank.shape
         grid = self.encoder.grid_shape(T)
-        context, targets = jepa_masks(B, grid, self.progress(), self.mask_cfg, generator, self.device)
+        P = self.encoder.num_prefix_tokens
+        patches, valid = self.encoder.embed_padded(fbank, num_frames)  # [B, N, D], [B, N] or None
+        context, targets = jepa_masks(B, grid, self.progress(), self.mask_cfg, generator, self.device, valid)
 
         with torch.no_grad():
-            full = self.teacher.model(fbank)[:, self.encoder.num_prefix_tokens :]  # [B, N, D]
+            full = self.teacher.model(fbank, num_frames=num_frames)[:, P:]  # [B, N, D]
             full = F.layer_norm(full.float(), full.shape[-1:])
-        tokens = self.encoder(fbank, keep=context)[:, self.encoder.num_prefix_tokens :]  # [B, Kc, D]
+        tokens = self.encoder.forward_tokens(patches, keep=context, valid=valid)[:, P:]  # [B, Kc, D]
 
+        elementwise = F.mse_loss if hp.loss_type == "mse" else F.smooth_l1_loss
         losses, preds, tgts = [], [], []
         for tgt in targets:
-            pred = self.predictor(tokens, context, tgt, grid)  # [B, Kt, D]
+            pred = self.predictor(tokens, context, tgt, grid, valid)  # [B, Kt, D]
             y = gather_tokens(full, tgt)
-            if hp.loss_type == "mse":
-                losses.append(F.mse_loss(pred.float(), y))
+            err = elementwise(pred.float(), y, reduction="none").mean(dim=-1)  # [B, Kt]
+            if valid is None:
+                losses.append(err.mean())
             else:
-                losses.append(F.smooth_l1_loss(pred.float(), y))
+                w = valid.gather(1, tgt).to(err.dtype)
+                losses.append((err * w).sum() / w.sum().clamp_min(1.0))
+                pred, y = pred[w.bool()], y[w.bool()]
             preds.append(pred)
             tgts.append(y)
         loss = torch.stack(losses).mean()
@@ -113,10 +123,10 @@ class JEPA(PretrainModule):
             "loss": loss,
             "latent_loss": loss.detach(),
             "context_patches": float(context.shape[1]),
-            "target_patches": float(sum(t.shape[1] for t in targets)),
+            "target_patches": float(tgt_all.shape[0]) / B,
             "pred_std": feature_std(pred_all),
             "target_std": feature_std(tgt_all),
-            "student_std": feature_std(tokens),
+            "student_std": feature_std(tokens, None if valid is None else valid.gather(1, context)),
             "target_var": tgt_all.detach().float().var(),
             "tf_prob": self.mask_cfg.tf_max * min(1.0, self.progress() / max(self.mask_cfg.curriculum_steps, 1e-8)),
         }

@@ -8,6 +8,9 @@
 
 AudioMAE's decoder uses shifted local-window attention; this decoder uses global attention (``decoder_depth`` /
 ``decoder_dim`` configurable) and does not pass the CLS token to the decoder.
+
+Padding (``num_frames``): masks over each clip's real patches, padding out of the encoder's and the decoder's
+attention, and only real masked patches in the loss.
 """
 
 from __future__ import annotations
@@ -36,9 +39,14 @@ def normalized_pixel_target(patches: torch.Tensor, eps: float = 1e-6) -> torch.T
     return (patches - mean) / (var + eps) ** 0.5
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over masked patches of the mean squared error over a patch's values. pred/target ``[B, M, P]``."""
-    return (pred.float() - target.float()).pow(2).mean(dim=-1).mean()
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over masked patches of the mean squared error over a patch's values. pred/target ``[B, M, P]``;
+    ``weight [B, M]`` (bool or 0/1): only those patches count."""
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # [B, M]
+    if weight is None:
+        return per_patch.mean()
+    w = weight.to(per_patch.dtype)
+    return (per_patch * w).sum() / w.sum().clamp_min(1.0)
 
 
 class MAE(PretrainModule):
@@ -67,15 +75,17 @@ class MAE(PretrainModule):
             raise ValueError("MAE reconstruction needs non-overlapping patches (patch_stride == patch_size)")
         self.decoder = TokenDecoder(self.encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, out_dim=p * p)
 
-    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
+                     num_frames: torch.Tensor | None = None) -> dict:
         hp = self.hparams
         B, T, _ = fbank.shape
         grid = self.encoder.grid_shape(T)
         N = grid[0] * grid[1]
-        keep, masked = random_mask(B, N, hp.mask_ratio, generator, self.device)  # [B, K], [B, M]
-        tokens = self.encoder(fbank, keep=keep)  # [B, P + K, D]
+        patches, valid = self.encoder.embed_padded(fbank, num_frames)  # [B, N, D], [B, N] or None
+        keep, masked = random_mask(B, N, hp.mask_ratio, generator, self.device, valid)  # [B, K], [B, M]
+        tokens = self.encoder.forward_tokens(patches, keep=keep, valid=valid)  # [B, P + K, D]
         P = self.encoder.num_prefix_tokens
-        pred = self.decoder(tokens[:, P:], keep, masked, grid)  # [B, M, p*p]
+        pred = self.decoder(tokens[:, P:], keep, masked, grid, valid)  # [B, M, p*p]
         x = fbank
         Tpad = self.encoder.padded_frames(T)
         if Tpad != T:
@@ -84,12 +94,13 @@ class MAE(PretrainModule):
         if hp.norm_pix_loss:
             target = normalized_pixel_target(target)
         target = gather_tokens(target, masked)
-        loss = masked_mse(pred, target)
+        m_valid = None if valid is None else valid.gather(1, masked)  # [B, M] real masked patches
+        loss = masked_mse(pred, target, m_valid)
         return {
             "loss": loss,
             "recon_loss": loss.detach(),
-            "masked_pct": masked.shape[1] / N,
-            "pred_std": feature_std(pred),
+            "masked_pct": masked.shape[1] / N if valid is None else m_valid.sum() / valid.sum().clamp_min(1),
+            "pred_std": feature_std(pred, m_valid),
             "student_cls_std": feature_std(tokens[:, 0]) if P else torch.zeros(()),
-            "target_var": target.detach().float().var(),
+            "target_var": (target if m_valid is None else target[m_valid]).detach().float().var(),
         }

@@ -19,6 +19,12 @@ Read top to bottom (the reference is ``SSLAM_Stage2/models/EAT_pretraining.py``)
 6. Loss (reference weighting): with ``M`` masked tokens over all ``2B x C`` sequences,
    ``(sum eat_frame + 2 * sum mix_frame) / M + cls_weight * sum cls`` — the factor 2 "matches the sample size of the
    EAT patch loss". The mixture-CLS term of the reference is computed there but unused, so it is not here either.
+
+Padding (``num_frames``), our extension (the reference pads 10 s AudioSet clips rarely): a clip's padding frames
+contribute nothing to a mixture (they are left out of the max), and a mixture holds audio as far as the longer of its
+two clips. The teacher sees each input with its own padding mask. The student, its masks and both frame losses of a
+mixture use the *original's* real patches (the mixture reuses the original's masks, fillers included); the
+source-retention target takes the partner's part only where the partner has real audio.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from audiossl.objectives.eat import EAT, diagnostics, gather_tokens
-from audiossl.objectives.targets import d2v_regression, layer_targets
+from audiossl.objectives.targets import d2v_regression, layer_targets, masked_mean
 
 
 def mix_regions(num_frames: int, patch: int, unmixed_frames: int, generator: torch.Generator | None = None) -> tuple[int, int]:
@@ -43,12 +49,22 @@ def mix_regions(num_frames: int, patch: int, unmixed_frames: int, generator: tor
     return s1, s2
 
 
-def mix_spectrograms(x: torch.Tensor, starts: tuple[int, int], unmixed_frames: int) -> torch.Tensor:
-    """``x [B, T, F]`` (normalised) -> mixtures ``[B, T, F]``: ``max(x_i, x_{i-1})`` outside the un-mixed regions."""
+def mix_spectrograms(x: torch.Tensor, starts: tuple[int, int], unmixed_frames: int,
+                     real: torch.Tensor | None = None, pad_value: float = 0.0) -> torch.Tensor:
+    """``x [B, T, F]`` (normalised) -> mixtures ``[B, T, F]``: ``max(x_i, x_{i-1})`` outside the un-mixed regions.
+
+    ``real [B, T]`` (frames of real audio): padding frames take no part in the max; where neither clip has audio the
+    mixture holds ``pad_value`` (the front end's padding: normalised log-mel zero)."""
     partner = torch.roll(x, shifts=1, dims=0).clone()
     for s in starts:
         partner[:, s : s + unmixed_frames] = float("-inf")
-    return torch.maximum(x, partner)
+    if real is None:
+        return torch.maximum(x, partner)
+    neg = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
+    own = torch.where(real[..., None], x, neg)
+    partner = torch.where(torch.roll(real, shifts=1, dims=0)[..., None], partner, neg)
+    mixed = torch.maximum(own, partner)
+    return torch.where(torch.isinf(mixed), torch.full_like(x, pad_value), mixed)
 
 
 def mixed_patch_index(grid: tuple[int, int], starts: tuple[int, int], unmixed_frames: int, patch: int,
@@ -77,7 +93,8 @@ class SSLAM(EAT):
         """
         super().__init__(encoder=encoder, clone_batch=clone_batch, **kwargs)
 
-    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator) -> dict:
+    def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
+                     num_frames: torch.Tensor | None = None) -> dict:
         hp = self.hparams
         B, T, _ = fbank.shape
         C = hp.clone_batch
@@ -86,36 +103,49 @@ class SSLAM(EAT):
         R = hp.unmixed_frames
 
         starts = mix_regions(T, p, R, generator)
-        mixed = mix_spectrograms(fbank, starts, R)
+        real = None if num_frames is None else torch.arange(T, device=fbank.device)[None] < num_frames[:, None]
+        mixed = mix_spectrograms(fbank, starts, R, real, float(self.front_end.normalize(torch.zeros(()))))
         both = torch.cat([fbank, mixed], dim=0)  # [2B, T, F]: originals first, then mixtures
+        both_frames = None if num_frames is None else torch.cat([num_frames, torch.maximum(num_frames,
+                                                                                          num_frames.roll(1, 0))])
 
-        # teacher pass 1: every input, all layers
-        layers = self.teacher_layers(both)
-        y = layer_targets(layers, self.top_k)  # [2B, N, D] frame targets of the actual inputs
-        cls_target = layer_targets(layers, 1).mean(dim=1)  # [2B, D] utterance targets from the last layer
+        # teacher pass 1: every input, all layers (each with its own padding)
+        patches, valid_t = self.encoder.embed_padded(both, both_frames)  # [2B, N, D], [2B, N] or None
+        layers = self.teacher_layers(both, valid=valid_t)
+        y = layer_targets(layers, self.top_k, valid=valid_t)  # [2B, N, D] frame targets of the actual inputs
+        cls_target = masked_mean(layer_targets(layers, 1, valid=valid_t), valid_t)  # [2B, D] from the last layer
         # teacher pass 2: originals, un-mixed regions dropped after the positions
         idx = mixed_patch_index(grid, starts, R, p, device=fbank.device)  # [K']
-        dropped = layer_targets(self.teacher_layers(fbank, keep=idx.expand(B, -1)), self.top_k)  # [B, K', D]
+        keep2 = idx.expand(B, -1)
+        valid_o = None if valid_t is None else valid_t[:B]  # the originals' real patches
+        v2 = None if valid_o is None else valid_o.gather(1, keep2)  # [B, K']
+        dropped = layer_targets(self.teacher_layers(fbank, keep=keep2, valid=valid_o), self.top_k, valid=v2)
         y_orig = y[:B]
         rebuilt = y_orig.clone()
-        rebuilt[:, idx] = torch.roll(dropped, shifts=1, dims=0)  # the partner's part, in its own context
+        partner_part = torch.roll(dropped, shifts=1, dims=0)  # the partner's part, in its own context
+        if v2 is None:
+            rebuilt[:, idx] = partner_part
+        else:  # the partner's part only where the partner has audio
+            rebuilt[:, idx] = torch.where(torch.roll(v2, 1, 0)[..., None], partner_part, rebuilt[:, idx])
         mix_target = (y_orig + rebuilt) / 2.0  # [B, N, D]
 
-        # student: originals and mixtures, each mixture with its original's masks
-        patches = self.encoder.embed(both)  # [2B, N, D]
-        keep, masked = self.masks(B * C, grid, generator)
+        # student: originals and mixtures, each mixture with its original's masks (and its original's real patches)
+        valid_s = None if valid_o is None else valid_o.repeat_interleave(C, dim=0)  # [BC, N]
+        keep, masked = self.masks(B * C, grid, generator, valid_s)
         keep, masked = keep.repeat(2, 1), masked.repeat(2, 1)  # [2BC, K], [2BC, M]
-        tokens = self.student(patches.repeat_interleave(C, dim=0), keep)  # [2BC, 1 + K, D]
+        valid_s = None if valid_s is None else valid_s.repeat(2, 1)
+        tokens = self.student(patches.repeat_interleave(C, dim=0), keep, valid_s)  # [2BC, 1 + K, D]
         rows = torch.arange(2 * B * C, device=fbank.device) // C
-        eat_sum, cls_sum, pred_m, target_m = self.frame_and_cls_errors(
-            tokens, keep, masked, grid, y, cls_target, rows, generator
+        eat_sum, cls_sum, pred_m, target_m, m_valid = self.frame_and_cls_errors(
+            tokens, keep, masked, grid, y, cls_target, rows, generator, valid_s
         )
         half = B * C
         mix_pred = pred_m[half:]  # predictions for the mixtures, at their masked positions
         mix_t = gather_tokens(mix_target, masked[half:], rows[half:] - B)
-        mix_sum = d2v_regression(mix_pred, mix_t).sum()
+        mix_err = d2v_regression(mix_pred, mix_t)
+        mix_sum = mix_err.sum() if m_valid is None else (mix_err * m_valid[half:, :, None]).sum()
 
-        M = masked.numel()
+        M = masked.numel() if m_valid is None else m_valid.sum().clamp_min(1)
         eat_frame = eat_sum / M
         mix_frame = hp.mix_weight * mix_sum / M
         cls_loss = hp.cls_weight * cls_sum
@@ -124,5 +154,5 @@ class SSLAM(EAT):
             "frame_loss": eat_frame.detach(),
             "mix_loss": mix_frame.detach(),
             "cls_loss": cls_loss.detach(),
-            **diagnostics(keep, masked, pred_m, target_m, tokens),
+            **diagnostics(keep, masked, pred_m, target_m, tokens, m_valid, valid_s),
         }
