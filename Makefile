@@ -11,6 +11,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
+PARITY := requirements/parity.txt
 STAMP  := $(VENV)/.audiossl-installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
@@ -19,14 +20,16 @@ LATEST ?= .venv-latest
 .PHONY: demo test install lock test-latest bench clean
 
 # A venv older than the lock is rebuilt from scratch, so it holds exactly what the lock lists.
-$(STAMP): $(LOCK) pyproject.toml
-	@if [ -d $(VENV) ] && [ -f $(STAMP) ] && [ $(LOCK) -nt $(STAMP) ]; then echo "$(LOCK) changed: rebuilding $(VENV)"; rm -rf $(VENV); fi
+$(STAMP): $(LOCK) $(PARITY) pyproject.toml
+	@if [ -d $(VENV) ] && [ -f $(STAMP) ] && [ $(LOCK) -nt $(STAMP) -o $(PARITY) -nt $(STAMP) ]; then echo "$(LOCK) or $(PARITY) changed: rebuilding $(VENV)"; rm -rf $(VENV); fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# One resolver call over the whole lock (every package pinned with its hashes; nothing else is resolved) ...
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
 	# ... then the project itself, editable, with no further dependencies and no download.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check --disable-pip-version-check
+	# The parity tests' reference implementations: pinned with hashes, without their (conflicting) dependencies.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(PARITY)
 	$(BIN)/python requirements/check_env.py --lock $(LOCK)
 	@touch $(STAMP)
 

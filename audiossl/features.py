@@ -36,10 +36,14 @@ _PREEMPHASIS = 0.97
 _LOW_FREQ = 20.0
 _CHUNK_FRAMES = 2048  # frames per chunk on CPU (2048 x 512 floats = 4 MiB of FFT input)
 _MEL_GROUPS = 4
+WINDOW_TYPES = ("hanning", "povey")  # povey = hanning ** 0.85 (torchaudio's kaldi default; BEATs)
 
 # AudioSet statistics of this exact front end (AudioMAE's constants, rounded as in EAT/SSLAM).
 AUDIOSET_MEAN = -4.268
 AUDIOSET_STD = 4.569
+# BEATs' front end (povey window, waveform x 2**15): its released normalisation constants.
+BEATS_MEAN = 15.41663
+BEATS_STD = 6.55582
 ESC50_MEAN = -6.627
 ESC50_STD = 5.359
 
@@ -75,6 +79,16 @@ def _next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def _window(window_type: str, win_len: int, device=None, dtype=None) -> torch.Tensor:
+    """The analysis window, made with the same operations as torchaudio's kaldi (bit-equal)."""
+    w = torch.hann_window(win_len, periodic=False, device=device, dtype=dtype)
+    if window_type == "povey":
+        return w.pow(0.85)
+    if window_type != "hanning":
+        raise ValueError(f"window_type must be one of {WINDOW_TYPES}, got {window_type!r}")
+    return w
+
+
 @functools.lru_cache(maxsize=32)
 def _fbank_constants(sample_rate: float, num_mel_bins: int, frame_length: float, frame_shift: float):
     """Window, mel matrix groups and frame geometry for one setting (CPU float64 masters, cast per call)."""
@@ -97,15 +111,15 @@ def _fbank_constants(sample_rate: float, num_mel_bins: int, frame_length: float,
         nz = (cols != 0).any(dim=1).nonzero().flatten()
         lo, hi = (int(nz.min()), int(nz.max()) + 1) if len(nz) else (0, 1)
         groups.append((start, start + cols.shape[1], lo, hi, cols[lo:hi].contiguous()))
-    window = torch.hann_window(win_len, periodic=False, dtype=torch.float64)
-    return win_len, hop, n_fft, window, groups
+    return win_len, hop, n_fft, groups
 
 
 @functools.lru_cache(maxsize=64)
-def _device_constants(sample_rate, num_mel_bins, frame_length, frame_shift, device: torch.device, dtype: torch.dtype):
-    win_len, hop, n_fft, _, groups = _fbank_constants(sample_rate, num_mel_bins, frame_length, frame_shift)
+def _device_constants(sample_rate, num_mel_bins, frame_length, frame_shift, device: torch.device, dtype: torch.dtype,
+                      window_type: str = "hanning"):
+    win_len, hop, n_fft, groups = _fbank_constants(sample_rate, num_mel_bins, frame_length, frame_shift)
     # The window is made in the working dtype, exactly as torchaudio makes it, so the FFT input is bit-identical.
-    window = torch.hann_window(win_len, periodic=False, device=device, dtype=dtype)
+    window = _window(window_type, win_len, device=device, dtype=dtype)
     mel_groups = [(a, b, lo, hi, m.to(device=device, dtype=dtype)) for a, b, lo, hi, m in groups]
     return win_len, hop, n_fft, window, mel_groups
 
@@ -124,10 +138,12 @@ def kaldi_fbank(
     frame_length: float = 25.0,
     frame_shift: float = 10.0,
     dither: float = 0.0,
+    window_type: str = "hanning",
 ) -> torch.Tensor:
     """Log-mel filter banks equal to torchaudio's kaldi ``fbank`` with the AST/AudioMAE/EAT settings, per row.
 
     waveforms: ``[B, N]`` or ``[N]`` float tensor on any device.
+    window_type: ``hanning`` (AST/AudioMAE/EAT) or ``povey`` (torchaudio's default, BEATs).
     Returns ``[B, T, num_mel_bins]`` (or ``[T, num_mel_bins]``), ``T = 1 + (N - frame_len) // hop`` (0 if N < frame_len).
     """
     if dither != 0.0:
@@ -138,8 +154,10 @@ def kaldi_fbank(
     x = waveforms.unsqueeze(0) if squeeze else waveforms
     if x.dim() != 2:
         raise ValueError(f"kaldi_fbank expects [B, N] or [N], got shape {tuple(waveforms.shape)}")
+    if window_type not in WINDOW_TYPES:
+        raise ValueError(f"window_type must be one of {WINDOW_TYPES}, got {window_type!r}")
     win_len, hop, n_fft, window, mel_groups = _device_constants(
-        float(sample_rate), int(num_mel_bins), float(frame_length), float(frame_shift), x.device, x.dtype
+        float(sample_rate), int(num_mel_bins), float(frame_length), float(frame_shift), x.device, x.dtype, window_type
     )
     B, N = x.shape
     T = 0 if N < win_len else 1 + (N - win_len) // hop
@@ -188,6 +206,8 @@ class FrontEndConfig(DictConfig):
     # Padding frames (after a clip's real audio) are masked out of attention, pooling, masks and losses. False: the
     # model attends to the padding as the reference recipes' models do (reproduce their numbers exactly).
     mask_padding: bool = True
+    window_type: str = "hanning"  # "povey" for BEATs
+    waveform_scale: float = 1.0  # the waveform is multiplied by this before the fbank (BEATs: 32768, int16 range)
 
 
 class FrontEnd(nn.Module):
@@ -207,11 +227,16 @@ class FrontEnd(nn.Module):
             config = FrontEndConfig.from_dict({**config.to_dict(), **overrides})
         if config.std <= 0:
             raise ValueError(f"front-end std must be positive, got {config.std}")
+        if config.window_type not in WINDOW_TYPES:
+            raise ValueError(f"front-end window_type must be one of {WINDOW_TYPES}, got {config.window_type!r}")
         self.config = config
 
     def fbank(self, waveforms: torch.Tensor) -> torch.Tensor:
         c = self.config
-        return kaldi_fbank(waveforms, c.sample_rate, c.num_mel_bins, c.frame_length, c.frame_shift)
+        if c.waveform_scale != 1.0:
+            waveforms = waveforms * c.waveform_scale
+        return kaldi_fbank(waveforms, c.sample_rate, c.num_mel_bins, c.frame_length, c.frame_shift,
+                           window_type=c.window_type)
 
     def pad_or_crop(self, feats: torch.Tensor, random_crop: bool = False,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

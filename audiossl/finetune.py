@@ -50,8 +50,8 @@ from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig, pool_tokens
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
 from audiossl.objectives.base import (
-    CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, check_schedule_options, resolve_front_end,
-    warn_front_end_override,
+    CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, check_schedule_options, data_target_length,
+    resolve_front_end, warn_front_end_override,
 )
 
 LAYER_DECAY_STYLES = ("eat", "beit")
@@ -149,7 +149,8 @@ class FinetuneModule(L.LightningModule):
             init_from: an audiossl pretraining (or fine-tuning) checkpoint whose (student) encoder starts the model.
             front_end: ``FrontEndConfig`` fields; unset ``mean``/``std`` come from the dataset's ``audiossl stats``,
                 else the ``init_from`` checkpoint, else AudioSet's (a warning names both when the dataset's override
-                the checkpoint's). ``target_length``: 1024 (AudioSet), 512 (ESC-50).
+                the checkpoint's). ``target_length``: 1024 (AudioSet), 512 (ESC-50); left unset, it follows the
+                dataset's clip length (``data.clip_seconds``).
             pool: ``cls`` (EAT), ``mean`` over patch tokens (AudioMAE) or ``prefix`` (AST: mean of CLS + distillation).
             lr/min_lr/warmup_steps/weight_decay/betas: optimiser with linear warm-up and cosine decay to ``min_lr``.
             layer_decay: layer-wise lr decay (1.0 disables it); ``layer_decay_style``: ``eat`` or ``beit``.
@@ -216,10 +217,10 @@ class FinetuneModule(L.LightningModule):
         return EncoderConfig.from_dict(cfg), (init_fe.to_dict() if init_fe is not None else None), init_encoder
 
     def build(self, num_classes: int, label_names: list[str], multi_label: bool, data_stats: dict | None,
-              data_sample_rate: int | None = None) -> None:
+              data_sample_rate: int | None = None, datamodule=None) -> None:
         hp = self.hparams
         enc_cfg, init_fe, init_encoder = self._encoder_config()
-        fe = dict(hp.front_end or {})
+        fe = data_target_length(hp.front_end, datamodule, enc_cfg.patch_size)
         stats = data_stats or ({"mean": init_fe["mean"], "std": init_fe["std"]} if init_fe else None)
         front_end = resolve_front_end(fe, stats)
         if init_fe is not None:
@@ -265,7 +266,7 @@ class FinetuneModule(L.LightningModule):
         if dm.num_classes == 0:
             raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); fine-tuning needs "
                                "labelled data: prepare it with labels (e.g. a CSV with a labels column)")
-        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate)
+        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
 
     @property
     def front_end(self) -> FrontEnd:

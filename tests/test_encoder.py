@@ -12,7 +12,7 @@ from audiossl.models.pos_embed import sincos_2d
 TINY = dict(depth=2, embed_dim=64, num_heads=4)
 
 
-@pytest.mark.parametrize("name", list_encoders())
+@pytest.mark.parametrize("name", [n for n in list_encoders() if n.startswith("vit_")])  # beats_base: test_beats.py
 @pytest.mark.parametrize("style", ["pre", "post"])
 def test_registry_shapes(name, style):
     enc = create_encoder(name, depth=1, block_style=style)

@@ -144,3 +144,38 @@ def test_zero_padded_batches_are_padded_in_the_log_mel_domain():
     assert torch.allclose(out[0, 60:], torch.full_like(out[0, 60:], padded_value))  # 7000 samples = 42 frames
     silence = fe(batch)[0, 60:98]  # without the lengths the padded samples are digital silence: the log floor
     assert silence.max() < -1.0
+
+
+# --- the BEATs front end: povey window, waveform x 2**15 ------------------------------------------------------------
+@pytest.mark.parametrize("n", [400, 16000, 32037, 160000])
+def test_povey_window_and_int16_scale_match_torchaudio(n):
+    """BEATs' call: ``kaldi.fbank(w * 2**15, num_mel_bins=128, sample_frequency=16000, frame_length=25,
+    frame_shift=10)``, every other setting a torchaudio default (povey window, htk_compat False)."""
+    sig = signals(n)
+    batch = torch.stack(list(sig.values())) * 2**15
+    ours = kaldi_fbank(batch, window_type="povey")
+    for i, (name, w) in enumerate(sig.items()):
+        ref = kaldi.fbank((w * 2**15)[None], num_mel_bins=128, sample_frequency=16000, frame_length=25, frame_shift=10)
+        err = (ours[i] - ref).abs().max().item()
+        assert err <= 1e-3, f"{name} at {n} samples: max abs diff {err}"
+    # the window is torchaudio's to the last bit, and it changes the numbers (povey is not hanning)
+    assert torch.equal(torch.hann_window(400, periodic=False).pow(0.85),
+                       kaldi._feature_window_function("povey", 400, 0.42, torch.device("cpu"), torch.float32))
+    if n >= 16000:
+        assert (ours - kaldi_fbank(batch)).abs().max() > 0.01
+
+
+def test_beats_front_end_config_scales_and_windows():
+    from audiossl.features import BEATS_MEAN, BEATS_STD
+
+    fe = FrontEnd(window_type="povey", waveform_scale=32768.0, mean=BEATS_MEAN, std=BEATS_STD, target_length=1000)
+    w = speech_like(160000)
+    ref = kaldi.fbank((w * 2**15)[None], num_mel_bins=128, sample_frequency=16000, frame_length=25, frame_shift=10)
+    ref = (ref - 15.41663) / (2 * 6.55582)  # BEATs.preprocess
+    out = fe(w)
+    assert ref.shape[0] == 998 and (out[:998] - ref).abs().max() < 1e-4
+    assert FrontEndConfig.from_dict(fe.config.to_dict()) == fe.config
+    with pytest.raises(ValueError, match="window_type must be one of"):
+        FrontEnd(window_type="hamming")
+    with pytest.raises(ValueError, match="window_type must be one of"):
+        kaldi_fbank(w, window_type="blackman")

@@ -13,22 +13,31 @@ from audiossl.objectives.sslam import mix_regions, mix_spectrograms, mixed_patch
 from audiossl.objectives.targets import layer_targets
 
 ENC = {"name": "vit_base", "depth": 2, "embed_dim": 64, "num_heads": 4, "block_style": "post"}
+# BEATs objectives take a BEATs encoder (no CLS); dropouts off so that two calls draw the same numbers
+BEATS_ENC = {"name": "beats_base", "depth": 2, "embed_dim": 64, "num_heads": 4, "patch_proj_dim": 32, "dropout": 0.0,
+             "attn_drop": 0.0, "input_dropout": 0.0, "layerdrop": 0.0}
 SMALL = {
     "mae": dict(decoder_dim=32, decoder_depth=1, decoder_heads=4),
     "eat": dict(clone_batch=4, mask_block=3, decoder_layers=2),
     "jepa": dict(predictor_dim=32, predictor_depth=1, predictor_heads=4),
     "sslam": dict(clone_batch=2, mask_block=3, decoder_layers=2, unmixed_frames=32),
+    "beats": dict(encoder=BEATS_ENC, tokenizer=dict(kind="random", codebook_size=64, code_dim=16), predictor_depth=1),
+    "beats_tokenizer": dict(encoder=BEATS_ENC, teacher_encoder=BEATS_ENC, codebook_size=64, code_dim=16,
+                            estimator_depth=1),
 }
 EXPECTED_KEYS = {
     "mae": {"loss", "recon_loss", "pred_std", "target_var"},
     "eat": {"loss", "frame_loss", "cls_loss", "pred_std", "target_std", "student_cls_std", "target_var", "masked_pct"},
     "jepa": {"loss", "latent_loss", "pred_std", "target_std", "tf_prob"},
     "sslam": {"loss", "frame_loss", "mix_loss", "cls_loss", "pred_std", "target_std"},
+    "beats": {"loss", "token_ce", "masked_acc", "masked_pct", "target_perplexity", "target_codes_used"},
+    "beats_tokenizer": {"loss", "cosine_loss", "commitment", "code_perplexity", "codes_used", "dead_codes"},
 }
 
 
 def make(name, **kw):
-    return OBJECTIVES[name](encoder=dict(ENC), **{**SMALL[name], **kw})
+    kw = {**SMALL[name], **kw}
+    return OBJECTIVES[name](encoder=dict(kw.pop("encoder", ENC)), **kw)
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -172,7 +181,9 @@ def test_sslam_source_retention_target():
 # learning rate, steps, and the fraction of the initial loss (mean of the first 3 steps) that may remain (median of
 # the last 10), per objective. MAE's per-step random masks make its curve noisy: it gets more, gentler steps (seeds 0-5
 # of this test end at 0.60-0.83 of the start with torch 2.14.1).
-FALLS = {"mae": (1e-3, 100, 0.85), "eat": (1e-2, 30, 0.5), "jepa": (5e-3, 30, 0.8), "sslam": (1e-2, 30, 0.5)}
+FALLS = {"mae": (1e-3, 100, 0.85), "eat": (1e-2, 30, 0.5), "jepa": (5e-3, 30, 0.8), "sslam": (1e-2, 30, 0.5),
+         # seeds 0-2 with torch 2.14.1: BEATs 0.61-0.63 of the start, its tokenizer 0.10-0.17
+         "beats": (2e-3, 30, 0.75), "beats_tokenizer": (2e-3, 30, 0.35)}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -193,7 +204,7 @@ def test_loss_falls_on_a_tiny_problem(name):
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        if getattr(m, "teacher", None) is not None:
+        if isinstance(getattr(m, "teacher", None), EMATeacher):  # (BEATs' tokenizer has a frozen teacher)
             m.teacher.update(m.encoder, step + 1)
         losses.append(out["loss"].item())
     first, last = sum(losses[:3]) / 3, sorted(losses[-10:])[4:6]

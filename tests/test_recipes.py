@@ -97,3 +97,46 @@ def test_audioset_recipe(synth_root, tmp_path):
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest.get("stats") and manifest["stats"]["mean"] < 0
     assert (out / "pretrain" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_beats_iterations_recipe(synth_root, tmp_path):
+    """BEATs iteration 1 -> tokenizer distilled from it -> iteration 2 on its labels -> export, at toy size."""
+    import torch
+    from helpers import tb_scalars
+
+    import audiossl
+
+    out = tmp_path / "beats"
+    tiny = "--trainer.max_steps 3 --data.batch_size 4 --data.num_workers 0 --trainer.enable_progress_bar false " \
+           "--trainer.log_every_n_steps 1"
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "recipes", "beats_iterations.sh"), synth_root, str(out), "2"],
+        env=_env(ITER1_CONFIG=config("pretrain", "beats_iter1_tiny.yaml"),
+                 TOKENIZER_CONFIG=config("pretrain", "beats_tokenizer_tiny.yaml"),
+                 ITER_CONFIG=config("pretrain", "beats_iter2_tiny.yaml"), PRETRAIN_ARGS=tiny, TOKENIZER_ARGS=tiny),
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = {name: torch.load(out / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+          for name in ("iter1", "tokenizer2", "iter2")}
+    assert [ck[n]["audiossl"]["objective"] for n in ck] == ["beats", "beats_tokenizer", "beats"]
+    assert all(c["global_step"] == 3 for c in ck.values())
+    tok = ck["tokenizer2"]["state_dict"]
+    assert bool(tok["quantizer.initted"]) and ck["tokenizer2"]["audiossl"]["tokenizer"] == {"codebook_size": 128,
+                                                                                             "code_dim": 32}
+    # the tokenizer's teacher is iteration 1's student; iteration 2's labels come from the tokenizer's codebook
+    assert torch.equal(tok["teacher.blocks.1.mlp.fc2.weight"], ck["iter1"]["state_dict"]["encoder.blocks.1.mlp.fc2.weight"])
+    assert torch.equal(ck["iter2"]["state_dict"]["tokenizer.quantizer.codebook"], tok["quantizer.codebook"])
+    assert torch.equal(ck["iter2"]["state_dict"]["tokenizer.encoder.patch_embed.conv.weight"],
+                       tok["encoder.patch_embed.conv.weight"])
+    for run, tags in (("iter1", ("train/token_ce", "train/target_perplexity")),
+                      ("tokenizer2", ("train/cosine_loss", "train/code_perplexity", "train/codes_used")),
+                      ("iter2", ("train/token_ce", "train/target_codes_used"))):
+        for tag in tags:
+            values = tb_scalars(str(out / run), tag)
+            assert len(values) == 3 and all(math.isfinite(v) for v in values.values()), (run, tag, values)
+    assert min(tb_scalars(str(out / "tokenizer2"), "train/codes_used").values()) > 1  # the codebook is in use
+    assert min(tb_scalars(str(out / "iter2"), "train/target_codes_used").values()) > 1
+    model = audiossl.load_model(out / "export")
+    assert not model.has_head and model.encoder.config.rel_pos_buckets == 320
+    emb, frames = model.embed(torch.randn(32000) * 0.1)
+    assert emb.shape == (64,) and torch.isfinite(frames).all()

@@ -20,6 +20,10 @@ source's computation through ``EncoderConfig`` options; nothing here is a second
 ``audiomae`` timm-style ``.pth`` (``{"model": state dict}``): ``patch_embed.proj``, ``cls_token``, ``pos_embed``
              (sin-cos with a CLS row), pre-LN blocks, ``norm`` (pretrained / CLS-pooled) or ``fc_norm`` (global-pool
              fine-tuning, no final norm: ``final_norm=False``, head pool ``mean``), ``head``; decoder weights ignored.
+``beats``    the released ``{"cfg", "model", "label_dict"}`` ``.pt``: the BEATs options of the encoder (Conv2d ->
+             LayerNorm -> Linear patches, convolutional and gated relative positions, DeepNorm post-LN blocks, no
+             CLS), a mean-pooled head without LayerNorm whose rows are put in AudioSet order from ``label_dict``, and
+             BEATs' front end (povey window, x 2**15, its mean/std). See ``convert/beats.py``.
 
 Fixed sin-cos positions are computed for any input length; learned tables are cropped or interpolated along time.
 """
@@ -32,19 +36,20 @@ import warnings
 from pathlib import Path
 
 from audiossl.convert.audiomae import convert_audiomae
+from audiossl.convert.beats import convert_beats
 from audiossl.convert.common import ConversionError, ConversionReport, default_labels, read_label_names, read_weights
 from audiossl.convert.eat import convert_eat, eat_pretraining_checkpoint, map_eat_state_dict
 from audiossl.convert.hf_ast import convert_hf_ast, map_ast_state_dict
 from audiossl.errors import ExportError
 from audiossl.export import ONNX_FILE, export_onnx, save_model
-from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD
+from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, BEATS_MEAN, BEATS_STD
 from audiossl.models.classifier import AudioClassifier
 
-__all__ = ["FORMATS", "ConversionError", "ConversionReport", "convert", "convert_audiomae", "convert_eat",
+__all__ = ["FORMATS", "ConversionError", "ConversionReport", "convert", "convert_audiomae", "convert_beats", "convert_eat",
            "convert_hf_ast", "default_labels", "eat_pretraining_checkpoint", "map_ast_state_dict", "map_eat_state_dict",
            "read_label_names", "read_weights"]
 
-FORMATS = ("hf-ast", "eat", "sslam", "audiomae")
+FORMATS = ("hf-ast", "eat", "sslam", "audiomae", "beats")
 
 
 # --- entry points ------------------------------------------------------------------------------------------------
@@ -57,6 +62,8 @@ def convert(fmt: str, src, out_dir=None, **options) -> tuple[AudioClassifier, Co
         model, report = convert_eat(src, flavour=fmt, **{k: v for k, v in options.items() if k != "patch_stride"})
     elif fmt == "audiomae":
         model, report = convert_audiomae(src, **options)
+    elif fmt == "beats":
+        model, report = convert_beats(src, **{k: v for k, v in options.items() if k != "patch_stride"})
     else:
         raise ConversionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if out_dir is not None:
@@ -65,11 +72,12 @@ def convert(fmt: str, src, out_dir=None, **options) -> tuple[AudioClassifier, Co
 
 
 def main(argv: list[str]) -> int:
-    """``audiossl convert {hf-ast,eat,sslam,audiomae} SRC --out DIR``."""
+    """``audiossl convert {hf-ast,eat,sslam,audiomae,beats} SRC --out DIR``."""
     ap = argparse.ArgumentParser(
         prog="audiossl convert",
         description="Import published weights into the audiossl export format (DIR/model.safetensors + config.json). "
-        "hf-ast: a transformers AST directory; eat/sslam: fairseq .pt or safetensors (HF port); audiomae: .pth.",
+        "hf-ast: a transformers AST directory; eat/sslam: fairseq .pt or safetensors (HF port); audiomae: .pth; "
+        "beats: the released BEATs .pt.",
     )
     ap.add_argument("format", choices=FORMATS)
     ap.add_argument("src", help="weights file or model directory")
@@ -80,9 +88,9 @@ def main(argv: list[str]) -> int:
     lab.add_argument("--multi-label", dest="multi_label", action="store_true", default=None, help="sigmoid outputs")
     lab.add_argument("--single-label", dest="multi_label", action="store_false", help="softmax outputs")
     ap.add_argument("--num-heads", type=int, help="attention heads when the checkpoint does not say (default dim/64)")
-    ap.add_argument("--target-length", type=int, default=1024, help="frames per input window (eat/sslam/audiomae)")
-    ap.add_argument("--mean", type=float, default=AUDIOSET_MEAN, help="fbank normalisation mean (eat/sslam/audiomae)")
-    ap.add_argument("--std", type=float, default=AUDIOSET_STD, help="fbank normalisation std (eat/sslam/audiomae)")
+    ap.add_argument("--target-length", type=int, default=1024, help="frames per input window (eat/sslam/audiomae/beats)")
+    ap.add_argument("--mean", type=float, help=f"fbank normalisation mean (default {AUDIOSET_MEAN}; beats: {BEATS_MEAN})")
+    ap.add_argument("--std", type=float, help=f"fbank normalisation std (default {AUDIOSET_STD}; beats: {BEATS_STD})")
     ap.add_argument("--patch-stride", type=int, help="audiomae: patch stride of overlapping-patch models (default: patch size)")
     ap.add_argument("--onnx", action="store_true", help="also write model.onnx (checked against PyTorch)")
     ap.add_argument("--pretraining", action="store_true",
@@ -94,7 +102,8 @@ def main(argv: list[str]) -> int:
         return 2
     options = {"labels": args.labels, "num_classes": args.num_classes, "multi_label": args.multi_label}
     if args.format != "hf-ast":
-        options.update(num_heads=args.num_heads, target_length=args.target_length, mean=args.mean, std=args.std)
+        options.update(num_heads=args.num_heads, target_length=args.target_length)
+        options.update({k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None})
         if args.format == "audiomae":
             options["patch_stride"] = args.patch_stride
     try:
@@ -104,9 +113,9 @@ def main(argv: list[str]) -> int:
         onnx_report = export_onnx(model, Path(args.out) / ONNX_FILE) if args.onnx else None
         pre = None
         if args.pretraining:
+            norm = {k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None}
             pre = eat_pretraining_checkpoint(args.src, Path(args.out) / "pretraining.ckpt", num_heads=args.num_heads,
-                                             target_length=args.target_length, mean=args.mean, std=args.std,
-                                             flavour=args.format)
+                                             target_length=args.target_length, flavour=args.format, **norm)
     except (ConversionError, ExportError) as e:
         print(f"audiossl convert: error: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,21 @@ tokens of a padded clip are those of the clip cut to its own whole patches, up t
 kept index may point at a padding patch (a *filler*: masks keep the batch rectangular that way) and is masked too.
 The outputs at padding positions are meaningless; poolings, targets and losses use ``patch_valid`` to ignore them.
 A batch without padding runs without a mask (flash attention stays available on GPUs).
+
+BEATs (``beats_base``) is a set of options of the same encoder, all off by default:
+``patch_proj_dim`` (Conv2d without bias -> LayerNorm -> Linear, ``patch_embed.py``), ``pos_embed='none'`` with
+``conv_pos`` (convolutional positions, ``conv_pos.py``) and ``rel_pos_buckets`` (gated relative position bias, one
+table shared by the blocks, ``rel_pos.py``), ``deep_norm`` (post-LN residual ``LN(alpha x + f(x))``,
+``alpha = (2 depth)^(1/4)``, and DeepNorm's init), dropouts, ``layerdrop`` (one draw per block per forward, for the
+whole batch), ``grad_decay`` (BEATs' layer-wise gradient multiplier) and ``partial_patch='drop'`` (trailing frames
+that fill no whole patch are dropped, and a partly real patch counts as padding). In that trunk, padding tokens are
+zeroed before the convolutional positions (BEATs does the same), so a clip padded in a batch sees exactly what the
+clip alone sees: the convolution's own zero padding.
+
+Positions of a sparse sequence (``keep``). With ``sparse_positions='original'`` (default) the kept tokens keep their
+places on the full grid: the relative bias uses their original indices, and the convolution runs over the full-length
+sequence with the dropped tokens set to zero (as padding is), read back at the kept places. ``'compact'`` is ESPnet's
+choice: both see the kept tokens as a contiguous sequence, so distances between kept tokens shrink.
 """
 
 from __future__ import annotations
@@ -31,7 +46,10 @@ import torch.nn.functional as F
 from audiossl.config_dict import DictConfig
 from audiossl.errors import ConfigError
 from audiossl.models.blocks import BLOCK_STYLES, Block
+from audiossl.models.conv_pos import ConvPositions
+from audiossl.models.patch_embed import NormProjPatchEmbed
 from audiossl.models.pos_embed import sincos_2d, sincos_2d_traceable
+from audiossl.models.rel_pos import GatedRelPosAttention, RelativePositionBias
 
 
 def _tracing() -> bool:
@@ -61,15 +79,28 @@ class EncoderConfig(DictConfig):
     pad_input: bool = True  # pad T up to a whole number of patches; False raises instead
     name: str = ""  # registry name this config came from (informational)
     final_norm: bool = True  # pre style: LayerNorm after the last block (False: none, AudioMAE global-pool models)
-
+    # --- BEATs options (see the module doc); the defaults leave the encoder as above ---
+    patch_proj_dim: int = 0  # > 0: Conv2d (no bias) -> LayerNorm(this width) -> Linear(-> embed_dim) (BEATs 512)
+    conv_pos: int = 0  # > 0: kernel of the convolutional positions (BEATs 128)
+    conv_pos_groups: int = 16
+    rel_pos_buckets: int = 0  # > 0: gated relative position bias over this many T5 buckets (BEATs 320)
+    rel_pos_max_distance: int = 800
+    sparse_positions: str = "original"  # positions of kept tokens: "original" (grid indices) or "compact" (ESPnet)
+    deep_norm: bool = False  # post style: LN(alpha x + f(x)), alpha = (2 depth)^(1/4), and DeepNorm's init
+    dropout: float = 0.0  # after attention and FFN outputs, and after the pre-trunk LayerNorm
+    attn_drop: float = 0.0  # on attention probabilities
+    input_dropout: float = 0.0  # on the patch embeddings
+    layerdrop: float = 0.0  # training: skip each block with this probability (one draw for the whole batch)
+    grad_decay: float = 1.0  # BEATs' layer_wise_gradient_decay_ratio: gradients x this at every block input
+    partial_patch: str = "pad"  # "pad": pad T up, a partly real patch is real; "drop": floor T, it is padding
 
     def validate(self) -> None:
         if self.block_style not in BLOCK_STYLES:
             raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.pos_embed not in ("sincos", "learned"):
-            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
+        if self.pos_embed not in ("sincos", "learned", "none"):
+            raise ValueError(f"pos_embed must be 'sincos', 'learned' or 'none', got {self.pos_embed!r}")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
             raise ValueError(f"sin-cos positions need embed_dim divisible by 4, got {self.embed_dim}")
         if self.pos_embed == "learned" and (not self.pos_grid or len(self.pos_grid) != 2):
@@ -82,6 +113,17 @@ class EncoderConfig(DictConfig):
             raise ValueError(f"num_mel_bins {self.num_mel_bins} is smaller than a patch ({self.patch_size})")
         if self.num_prefix_tokens < 0:
             raise ValueError("num_prefix_tokens must be >= 0")
+        if self.partial_patch not in ("pad", "drop"):
+            raise ValueError(f"partial_patch must be 'pad' or 'drop', got {self.partial_patch!r}")
+        if self.sparse_positions not in ("original", "compact"):
+            raise ValueError(f"sparse_positions must be 'original' or 'compact', got {self.sparse_positions!r}")
+        if (self.conv_pos or self.rel_pos_buckets) and self.num_prefix_tokens:
+            raise ValueError("convolutional / relative positions run over patch tokens only: set num_prefix_tokens=0")
+        if self.deep_norm and self.block_style != "post":
+            raise ValueError("deep_norm needs block_style='post' (DeepNorm is a post-LN residual)")
+        for name in ("dropout", "attn_drop", "input_dropout", "layerdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 class AudioEncoder(nn.Module):
@@ -98,7 +140,10 @@ class AudioEncoder(nn.Module):
         D = c.embed_dim
         self.embed_dim = D
         self.num_prefix_tokens = c.num_prefix_tokens
-        self.patch_embed = nn.Conv2d(1, D, kernel_size=c.patch_size, stride=c.patch_stride)
+        if c.patch_proj_dim:
+            self.patch_embed = NormProjPatchEmbed(c.patch_size, c.patch_stride, c.patch_proj_dim, D, c.norm_eps)
+        else:
+            self.patch_embed = nn.Conv2d(1, D, kernel_size=c.patch_size, stride=c.patch_stride)
         self.num_freq_patches = (c.num_mel_bins - c.patch_size) // c.patch_stride + 1
         self.prefix_tokens = nn.Parameter(torch.zeros(1, c.num_prefix_tokens, D)) if c.num_prefix_tokens else None
         if c.pos_embed == "learned":
@@ -110,9 +155,19 @@ class AudioEncoder(nn.Module):
             self.pos_table = None
         self._sincos_cache: dict = {}
         dpr = torch.linspace(0, c.drop_path, c.depth).tolist() if c.depth else []
+        self.input_drop = nn.Dropout(c.input_dropout) if c.input_dropout else nn.Identity()
+        self.conv_pos = ConvPositions(D, c.conv_pos, c.conv_pos_groups) if c.conv_pos else None
+        self.rel_pos = (RelativePositionBias(c.num_heads, c.rel_pos_buckets, c.rel_pos_max_distance)
+                        if c.rel_pos_buckets else None)
         self.pre_norm = nn.LayerNorm(D, eps=c.norm_eps) if c.block_style == "post" else nn.Identity()
+        self.trunk_drop = nn.Dropout(c.dropout) if c.dropout else nn.Identity()
+        alpha = (2.0 * c.depth) ** 0.25 if c.deep_norm else 1.0
         self.blocks = nn.ModuleList(
-            Block(D, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps, c.block_style) for i in range(c.depth)
+            Block(D, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps, c.block_style,
+                  attn=GatedRelPosAttention(D, c.num_heads, c.qkv_bias, c.attn_drop, c.dropout) if c.rel_pos_buckets
+                  else None,
+                  residual_scale=alpha, dropout=c.dropout, attn_drop=c.attn_drop)
+            for i in range(c.depth)
         )
         use_final_norm = c.block_style == "pre" and c.final_norm
         self.norm = nn.LayerNorm(D, eps=c.norm_eps) if use_final_norm else nn.Identity()
@@ -120,9 +175,12 @@ class AudioEncoder(nn.Module):
 
     # --- initialisation ------------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        w = self.patch_embed.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        if isinstance(self.patch_embed, NormProjPatchEmbed):
+            self.patch_embed.reset_parameters()
+        else:
+            w = self.patch_embed.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(self.patch_embed.bias)
         if self.prefix_tokens is not None:
             nn.init.normal_(self.prefix_tokens, std=0.02)
         if self.pos_table is not None:
@@ -135,6 +193,27 @@ class AudioEncoder(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.config.deep_norm:
+            self._deep_norm_init()
+
+    @torch.no_grad()
+    def _deep_norm_init(self) -> None:
+        """BEATs' init: BERT's normal(0, 0.02) everywhere, then xavier-normal with DeepNorm's gain
+        ``beta = (8 depth)^(-1/4)`` on the value, output and FFN projections and gain 1 on query and key."""
+        beta = (8.0 * self.config.depth) ** -0.25
+        D = self.embed_dim
+        for blk in self.blocks:
+            for m in blk.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            qkv = blk.attn.qkv.weight  # [3D, D]: q, k, v
+            nn.init.xavier_normal_(qkv[:D], gain=1.0)
+            nn.init.xavier_normal_(qkv[D : 2 * D], gain=1.0)
+            nn.init.xavier_normal_(qkv[2 * D :], gain=beta)
+            for lin in (blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
+                nn.init.xavier_normal_(lin.weight, gain=beta)
 
     # --- geometry ------------------------------------------------------------------------------------------------
     def grid_shape(self, num_frames: int) -> tuple[int, int]:
@@ -148,9 +227,13 @@ class AudioEncoder(nn.Module):
         return gt * gf
 
     def padded_frames(self, num_frames: int) -> int:
+        """Frames the patches cover: padded up to whole patches (``partial_patch='pad'``), or floored to them
+        (``'drop'``); at least one patch."""
         c = self.config
         if num_frames < c.patch_size:
             return c.patch_size
+        if c.partial_patch == "drop":
+            return num_frames - (num_frames - c.patch_size) % c.patch_stride
         if c.patch_stride < c.patch_size:  # overlapping patches (AST): trailing frames that fill no stride are dropped
             return num_frames
         rem = (num_frames - c.patch_size) % c.patch_stride
@@ -163,8 +246,10 @@ class AudioEncoder(nn.Module):
             return table
         return table.view(gt, gf, -1).transpose(0, 1).reshape(gt * gf, -1)
 
-    def patch_positions(self, gt: int, gf: int, device=None, dtype=None) -> torch.Tensor:
-        """Position embeddings of the patch tokens, ``[gt * gf, D]`` in patch order."""
+    def patch_positions(self, gt: int, gf: int, device=None, dtype=None) -> torch.Tensor | None:
+        """Position embeddings of the patch tokens, ``[gt * gf, D]`` in patch order (``None``: ``pos_embed='none'``)."""
+        if self.config.pos_embed == "none":
+            return None
         if self.pos_table is None:
             if _tracing():  # ONNX/jit export: build the table from (traced) sizes so the time length stays dynamic
                 table = sincos_2d_traceable(self.embed_dim, gt, gf, device=device).to(dtype)
@@ -204,7 +289,10 @@ class AudioEncoder(nn.Module):
         gt, gf = grid
         n = num_frames.reshape(-1, 1).to(torch.long).clamp_min(1)
         starts = torch.arange(gt, device=n.device) * c.patch_stride  # [gt] first frame of each time patch
-        valid_t = starts[None, :] < n  # [B, gt]
+        if c.partial_patch == "drop":  # a patch is real when all its frames are (the first one always counts)
+            valid_t = ((starts + c.patch_size)[None, :] <= n) | (starts == 0)[None, :]  # [B, gt]
+        else:
+            valid_t = starts[None, :] < n  # [B, gt]
         if not _tracing() and bool(valid_t.all()):
             return None
         if c.patch_order == "time":
@@ -230,7 +318,10 @@ class AudioEncoder(nn.Module):
         if Fq != c.num_mel_bins:
             raise ValueError(f"the encoder was built for {c.num_mel_bins} mel bins, the input has {Fq}")
         Tpad = self.padded_frames(T)
-        if _tracing() and c.pad_input and c.patch_stride == c.patch_size:
+        if c.partial_patch == "drop":
+            if T < c.patch_size:  # one patch at least; otherwise the convolution drops the frames no patch fills
+                x = F.pad(x, (0, 0, 0, c.patch_size - T))
+        elif _tracing() and c.pad_input and c.patch_stride == c.patch_size:
             # Traced graphs must not bake in this input's padding. Appending stride - 1 zero frames always gives the
             # same patches as padding to the next whole patch: the convolution drops the frames no patch can fill.
             x = F.pad(x, (0, 0, 0, c.patch_stride - 1))
@@ -247,7 +338,8 @@ class AudioEncoder(nn.Module):
             p = p.permute(0, 2, 3, 1).reshape(B, gt * gf, -1)  # [B, Tp*Fp, D], index t*Fp + f
         else:
             p = p.permute(0, 3, 2, 1).reshape(B, gt * gf, -1)  # [B, Fp*Tp, D], index f*Tp + t
-        return p + self.patch_positions(gt, gf, device=p.device, dtype=p.dtype)
+        pos = self.patch_positions(gt, gf, device=p.device, dtype=p.dtype)
+        return p if pos is None else p + pos
 
     def embed_padded(self, x: torch.Tensor, num_frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``embed(x)`` and the patches' validity ``[B, N]`` (``patch_valid``; ``None``: no padding)."""
@@ -268,19 +360,31 @@ class AudioEncoder(nn.Module):
                        valid: torch.Tensor | None = None):
         """Trunk over embedded patches ``[B, N, D]``; ``keep`` ``[B, K]`` selects the patches that enter; ``valid``
         ``[B, N]`` (``patch_valid``) keeps padding patches out of attention."""
-        if keep is not None:
-            if keep.dim() != 2 or keep.shape[0] != patches.shape[0]:
-                raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
-            patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, D]
-            if valid is not None:
-                valid = torch.gather(valid, 1, keep)  # [B, K]
+        if keep is not None and (keep.dim() != 2 or keep.shape[0] != patches.shape[0]):
+            raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
+        positions = None
+        if self.conv_pos is not None or self.rel_pos is not None:
+            patches, valid, positions = self._relative_inputs(patches, keep, valid)
+        else:
+            if keep is not None:
+                patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, D]
+                if valid is not None:
+                    valid = torch.gather(valid, 1, keep)  # [B, K]
+            patches = self.input_drop(patches)
         mask = self.attention_mask(valid, self.num_prefix_tokens)
         pre = self.prefix(patches.shape[0])
         x = patches if pre is None else torch.cat([pre, patches], dim=1)  # [B, P + K, D]
-        x = self.pre_norm(x)
+        x = self.trunk_drop(self.pre_norm(x))
+        pos_bias = None if self.rel_pos is None else self.rel_pos(positions)  # [1 or B, H, K, K]
+        c = self.config
         layers, ffn = [], []
         for blk in self.blocks:
-            x, h = blk(x, mask)
+            if self.training and c.grad_decay != 1.0 and torch.is_grad_enabled():
+                x = _GradMultiply.apply(x, c.grad_decay)
+            if self.training and c.layerdrop > 0 and float(torch.rand(())) < c.layerdrop:
+                x, h = x, torch.zeros_like(x)  # the block is skipped for the whole batch (its FFN output: none)
+            else:
+                x, h = blk(x, mask, pos_bias)
             if return_layers:
                 layers.append(x)
                 ffn.append(h)
@@ -288,6 +392,30 @@ class AudioEncoder(nn.Module):
         if return_layers:
             return x, layers, ffn
         return x
+
+    def _relative_inputs(self, patches: torch.Tensor, keep: torch.Tensor | None, valid: torch.Tensor | None):
+        """The BEATs trunk's input: padding zeroed, the kept tokens gathered, convolutional positions added.
+        Returns (tokens ``[B, K, D]``, their validity ``[B, K]`` or ``None``, positions for the relative bias:
+        ``[K]`` shared or ``[B, K]`` grid indices)."""
+        if valid is not None:
+            patches = patches * valid[..., None].to(patches.dtype)  # padding tokens are zeros (BEATs)
+        B, N, D = patches.shape
+        sparse = keep is not None and self.config.sparse_positions == "original"
+        if keep is None:
+            x = self.input_drop(patches)
+        else:
+            idx = keep[..., None].expand(-1, -1, D)
+            x = self.input_drop(torch.gather(patches, 1, idx))  # [B, K, D]
+            if valid is not None:
+                valid = torch.gather(valid, 1, keep)
+        if self.conv_pos is not None:
+            if sparse:  # the full grid, dropped tokens zero, read back at the kept places
+                full = torch.zeros_like(patches).scatter(1, idx, x)  # [B, N, D]
+                x = torch.gather(self.conv_pos(full), 1, idx)
+            else:
+                x = self.conv_pos(x)
+        positions = keep if sparse else torch.arange(x.shape[1], device=x.device)
+        return x, valid, positions
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, return_layers: bool = False,
                 num_frames: torch.Tensor | None = None):
@@ -299,6 +427,19 @@ class AudioEncoder(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"prefix_tokens", "pos_table"}
+
+
+class _GradMultiply(torch.autograd.Function):
+    """Identity forward; the gradient times ``scale`` backward (BEATs' ``GradMultiply``)."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
 
 
 # --- registry ----------------------------------------------------------------------------------------------------
@@ -315,6 +456,13 @@ register_encoder("vit_tiny", embed_dim=192, depth=12, num_heads=3)
 register_encoder("vit_small", embed_dim=384, depth=12, num_heads=6)
 register_encoder("vit_base", embed_dim=768, depth=12, num_heads=12)
 register_encoder("vit_large", embed_dim=1024, depth=24, num_heads=16)
+# BEATs (Chen et al. 2023), the released configuration; dropouts and layerdrop as in its pretraining checkpoints.
+BEATS_OPTIONS = dict(
+    block_style="post", norm_eps=1e-5, num_prefix_tokens=0, pos_embed="none", patch_proj_dim=512, conv_pos=128,
+    conv_pos_groups=16, rel_pos_buckets=320, rel_pos_max_distance=800, deep_norm=True, partial_patch="drop",
+    dropout=0.1, attn_drop=0.1, input_dropout=0.1, layerdrop=0.05,
+)
+register_encoder("beats_base", embed_dim=768, depth=12, num_heads=12, **BEATS_OPTIONS)
 
 
 def list_encoders() -> list[str]:
@@ -322,7 +470,7 @@ def list_encoders() -> list[str]:
 
 
 # Settings that do not change the weights: two encoders differing only in these load each other's state dicts.
-WEIGHT_NEUTRAL = ("name", "drop_path")
+WEIGHT_NEUTRAL = ("name", "drop_path", "dropout", "attn_drop", "input_dropout", "layerdrop", "grad_decay")
 
 
 def encoder_config(name: str, **overrides) -> EncoderConfig:
@@ -332,8 +480,8 @@ def encoder_config(name: str, **overrides) -> EncoderConfig:
 
 
 def create_encoder(name: str, **overrides) -> AudioEncoder:
-    """Build a registered encoder (``vit_tiny``, ``vit_small``, ``vit_base``, ``vit_large``) with overrides such as
-    ``depth=2, embed_dim=64, block_style='post'``."""
+    """Build a registered encoder (``vit_tiny``, ``vit_small``, ``vit_base``, ``vit_large``, ``beats_base``) with
+    overrides such as ``depth=2, embed_dim=64, block_style='post'``."""
     return AudioEncoder(encoder_config(name, **overrides))
 
 

@@ -1,11 +1,13 @@
 """Self-supervised objectives on the shared encoder, one file each; ``OBJECTIVES`` maps names to classes."""
 
 from audiossl.objectives.base import PretrainModule
+from audiossl.objectives.beats import BEATs
+from audiossl.objectives.beats_tokenizer import BEATsTokenizer
 from audiossl.objectives.eat import EAT
 from audiossl.objectives.jepa import JEPA
 from audiossl.objectives.mae import MAE
 from audiossl.objectives.sslam import SSLAM
 
-OBJECTIVES = {"mae": MAE, "eat": EAT, "jepa": JEPA, "sslam": SSLAM}
+OBJECTIVES = {"mae": MAE, "eat": EAT, "jepa": JEPA, "sslam": SSLAM, "beats": BEATs, "beats_tokenizer": BEATsTokenizer}
 
-__all__ = ["EAT", "JEPA", "MAE", "OBJECTIVES", "PretrainModule", "SSLAM"]
+__all__ = ["BEATs", "BEATsTokenizer", "EAT", "JEPA", "MAE", "OBJECTIVES", "PretrainModule", "SSLAM"]
