@@ -13,22 +13,25 @@ from audiossl.objectives.sslam import mix_regions, mix_spectrograms, mixed_patch
 from audiossl.objectives.targets import layer_targets
 
 ENC = {"name": "vit_base", "depth": 2, "embed_dim": 64, "num_heads": 4, "block_style": "post"}
+BAT_ENC = {**ENC, "attn_gate": True, "pos_embed": "sincos_bat", "chunk_time_patches": 64}
 SMALL = {
     "mae": dict(decoder_dim=32, decoder_depth=1, decoder_heads=4),
     "eat": dict(clone_batch=4, mask_block=3, decoder_layers=2),
     "jepa": dict(predictor_dim=32, predictor_depth=1, predictor_heads=4),
     "sslam": dict(clone_batch=2, mask_block=3, decoder_layers=2, unmixed_frames=32),
+    "bat": dict(encoder=BAT_ENC, num_views=4, mask_block=3, decoder_depth=2, decoder_heads=4),
 }
 EXPECTED_KEYS = {
     "mae": {"loss", "recon_loss", "pred_std", "target_var"},
     "eat": {"loss", "frame_loss", "cls_loss", "pred_std", "target_std", "student_cls_std", "target_var", "masked_pct"},
     "jepa": {"loss", "latent_loss", "pred_std", "target_std", "tf_prob"},
     "sslam": {"loss", "frame_loss", "mix_loss", "cls_loss", "pred_std", "target_std"},
+    "bat": {"loss", "local_loss", "global_loss", "pred_std", "target_std", "student_cls_std", "masked_pct"},
 }
 
 
 def make(name, **kw):
-    return OBJECTIVES[name](encoder=dict(ENC), **{**SMALL[name], **kw})
+    return OBJECTIVES[name](**{"encoder": dict(ENC), **SMALL[name], **kw})
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))

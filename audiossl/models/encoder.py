@@ -307,17 +307,19 @@ class AudioEncoder(nn.Module):
                        valid: torch.Tensor | None = None):
         """Trunk over embedded patches ``[B, N, D]``; ``keep`` ``[B, K]`` selects the patches that enter; ``valid``
         ``[B, N]`` (``patch_valid``) keeps padding patches out of attention."""
+        chunk = self.config.chunk_time_patches
+        windows = chunk and (patches.shape[1] > chunk * self.num_freq_patches or _tracing())
         if keep is not None:
             if keep.dim() != 2 or keep.shape[0] != patches.shape[0]:
                 raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
+            if chunk and patches.shape[1] > chunk * self.num_freq_patches:
+                raise ValueError(f"token dropping (keep) needs inputs of at most chunk_time_patches={chunk} time "
+                                 f"patches, got {patches.shape[1] // self.num_freq_patches}")
             patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, D]
             if valid is not None:
                 valid = torch.gather(valid, 1, keep)  # [B, K]
-        chunk = self.config.chunk_time_patches
-        if chunk and keep is None and (patches.shape[1] > chunk * self.num_freq_patches or _tracing()):
+        if windows and keep is None:
             return self._forward_chunked(patches, return_layers, valid)
-        if chunk and keep is not None and patches.shape[1] > chunk * self.num_freq_patches:
-            raise ValueError(f"token dropping (keep) needs inputs of at most chunk_time_patches={chunk} time patches")
         return self._trunk(patches, return_layers, valid)
 
     def _forward_chunked(self, patches: torch.Tensor, return_layers: bool, valid: torch.Tensor | None):

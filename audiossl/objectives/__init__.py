@@ -1,11 +1,12 @@
 """Self-supervised objectives on the shared encoder, one file each; ``OBJECTIVES`` maps names to classes."""
 
 from audiossl.objectives.base import PretrainModule
+from audiossl.objectives.bat import BAT
 from audiossl.objectives.eat import EAT
 from audiossl.objectives.jepa import JEPA
 from audiossl.objectives.mae import MAE
 from audiossl.objectives.sslam import SSLAM
 
-OBJECTIVES = {"mae": MAE, "eat": EAT, "jepa": JEPA, "sslam": SSLAM}
+OBJECTIVES = {"mae": MAE, "eat": EAT, "jepa": JEPA, "sslam": SSLAM, "bat": BAT}
 
-__all__ = ["EAT", "JEPA", "MAE", "OBJECTIVES", "PretrainModule", "SSLAM"]
+__all__ = ["BAT", "EAT", "JEPA", "MAE", "OBJECTIVES", "PretrainModule", "SSLAM"]
