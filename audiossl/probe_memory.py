@@ -9,10 +9,12 @@
 * the head's forward: the block outputs (normalised in place), the layer mix, the similarities ``S [B, N, K]`` (and
   a masked copy when there is padding), the per-prototype features;
 * the head's backward: the dense gradients of the minimum and of the maximum over patches and their sum (three
-  ``B N K`` tensors) with the block outputs still held.
+  ``B N K`` tensors) with the block outputs still held, and the linear layer's weight gradient (twice, measured);
+* AdamW's step (foreach, the default on GPUs: one temporary the size of the head).
 
 ``S`` dominates: with bf16 autocast (``sim_bytes`` 2) and fp32 block outputs (LayerNorm runs in fp32 under autocast,
-``act_bytes`` 4), ViT-B at batch 48 on 10 s clips needs ~3.3 GB (see ``benchmarks/probe_memory.py``).
+``act_bytes`` 4), ViT-B at batch 48 on 10 s clips needs ~3.45 GB of tensors (``benchmarks/probe_memory.py``; the model
+matches a CPU measurement of ViT-B in fp32 at batch 2 and 4 to 1%).
 
 ``measure_peak_bytes(fn)`` counts every tensor storage created while ``fn`` runs (a ``TorchDispatchMode`` sees each
 operator's outputs; a storage is freed when the last tensor holding it is), so it measures peak *tensor* memory on a
@@ -86,14 +88,17 @@ def cgp_step_memory(batch: int, patches: int = 512, prefix: int = 1, dim: int = 
     mix = 2 * B * N * D * 4  # the layer mix and one weighted term
     small = B * K * (2 * 8 + 3 * 4 + 3 * 4 + 1)  # min/max indices, features, dropout output and mask
     attention = 0 if fused_attention else B * heads * (P + N) ** 2 * act_bytes
+    protos = K * D * 4  # the normalised prototypes and the matmul's copy of their transpose
+    fc = 3 * K * classes * 4  # the linear layer's weight gradient and its accumulation into .grad
+    head_params = K * D + depth + 3 * K * classes + classes
     out = {
         "encoder": fbank + depth * tokens + 8 * tokens + attention,
-        "head_forward": fbank + depth * tokens + (2 if padding else 1) * sim + mix + small,
-        "head_backward": fbank + depth * tokens + 3 * sim + mix + small,
+        "head_forward": fbank + depth * tokens + (2 if padding else 1) * sim + mix + small + 2 * protos,
+        "head_backward": fbank + depth * tokens + 3 * sim + mix + small + 2 * fc,
+        "optimizer": 4 * head_params,  # AdamW's foreach temporaries (the default on GPUs)
     }
-    head_params = K * D + depth + 3 * K * classes + classes
     if encoder_params is None:
         encoder_params = depth * (4 * D * D + 2 * D * mlp_hidden + 9 * D + mlp_hidden) + 256 * D + 3 * D
     out["weights"] = (4 * encoder_params + 16 * head_params) if include_weights else 0
-    out["peak"] = max(out["encoder"], out["head_forward"], out["head_backward"]) + out["weights"]
+    out["peak"] = max(out["encoder"], out["head_forward"], out["head_backward"], out["optimizer"]) + out["weights"]
     return out

@@ -233,7 +233,7 @@ def test_cgp_memory_model_matches_a_measured_step():
     clf = AudioClassifier(spec, HeadConfig(num_classes=10, probe="cgp", num_prototypes=2000),
                           {"target_length": 256})
     clf.encoder.requires_grad_(False).eval()
-    opt = torch.optim.AdamW(clf.head.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(clf.head.parameters(), lr=1e-3, foreach=True)  # the GPU default
 
     def step(B):
         x = torch.randn(B, 256, 128)
