@@ -245,3 +245,18 @@ def test_bat_tiny_pretrains_with_the_cli_and_exports(synth_root, tmp_path):
     assert model.pool == "cls"  # BAT trains its CLS as the clip summary
     emb, frames = model.embed(torch.randn(32000) * 0.1, 16000)
     assert emb.shape == (128,) and torch.isfinite(frames).all()
+
+
+def test_finetuning_a_bat_checkpoint_keeps_its_front_end(tmp_path):
+    from audiossl.finetune import FinetuneModule
+
+    m = make_bat()
+    ckpt = tmp_path / "bat.ckpt"
+    meta = {"format": 1, "kind": "pretrain", "objective": "bat", "encoder": m.encoder.config.to_dict(),
+            "front_end": m.front_end.config.to_dict()}
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in m.encoder.state_dict().items()}, "audiossl": meta}, ckpt)
+    ft = FinetuneModule(init_from=str(ckpt), front_end={"target_length": 96})
+    ft.build(3, list("abc"), True, None)
+    c = ft.model.front_end.config
+    assert (c.spectrogram, c.frame_length, c.target_length) == ("mel_db_minmax", 64.0, 96)
+    assert torch.equal(ft.model.encoder.pos_fixed, m.encoder.pos_fixed)
