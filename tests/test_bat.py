@@ -184,7 +184,7 @@ def test_bat_loss_equals_bat_reference():
     with torch.no_grad():
         _, _, ffn = m.teacher.model(fb, return_layers=True)
         y_ffn = bat_make_targets([h[:, 1:] for h in ffn]).repeat_interleave(V, 0)
-    assert abs(float(((pred.detach() - y_ffn).pow(2).mean(dim=2) * mask).sum() / mask.sum()) - float(local)) > 1e-3
+    assert abs(float(((pred.detach() - y_ffn).pow(2).mean(dim=2) * mask).sum() / mask.sum()) - float(local.detach())) > 1e-3
 
 
 def test_bat_optimiser_init_and_teacher():
