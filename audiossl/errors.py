@@ -53,8 +53,18 @@ class ExportError(UserError, ValueError):
     """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
 
 
+def _refuse_url(path, what: str, error) -> None:
+    """A URL where a local path is needed is an error, never a folder named ``s3:`` (see ``audiossl.data.storage``)."""
+    from audiossl.data.storage import is_url
+
+    if is_url(path):
+        raise error(f"{what} {path} is a URL; this needs a local path (datasets may live at s3://, gs://, https:// "
+                    "and pipe: URLs: `prep --out` and `--data.root` accept them)")
+
+
 def input_file(path: str | Path, what: str) -> Path:
     """``path`` as an existing file; ``InputPathError`` naming ``what`` otherwise."""
+    _refuse_url(path, what, InputPathError)
     path = Path(path)
     if path.is_dir():
         raise InputPathError(f"{what} {path} is a folder, not a file")
@@ -64,7 +74,9 @@ def input_file(path: str | Path, what: str) -> Path:
 
 
 def output_dir(path: str | Path, what: str = "--out", create: bool = True) -> Path:
-    """``path`` as a folder to write into (created unless ``create=False``); a clear error when a file is in the way."""
+    """``path`` as a folder to write into (created unless ``create=False``); a clear error when a file is in the way
+    or ``path`` is a URL."""
+    _refuse_url(path, what, OutputPathError)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{what} {path} is a file; give a folder path (it is created if missing)")
@@ -77,7 +89,8 @@ def output_dir(path: str | Path, what: str = "--out", create: bool = True) -> Pa
 
 
 def output_file(path: str | Path, what: str = "--out", inputs: tuple = (), create: bool = True) -> Path:
-    """``path`` as a file to write (its folder created); refuses a folder and any of ``inputs``."""
+    """``path`` as a file to write (its folder created); refuses a folder, a URL and any of ``inputs``."""
+    _refuse_url(path, what, OutputPathError)
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{what} {path} is a folder; give a file path")

@@ -26,7 +26,9 @@ from audiossl.metrics import classification_metrics
 from audiossl.errors import DatasetError
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
-from audiossl.objectives.base import CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, resolve_front_end
+from audiossl.objectives.base import (
+    CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, data_target_length, resolve_front_end,
+)
 
 
 def layer_decay_scales(encoder: AudioEncoder, decay: float, prefix: str = "model.encoder.") -> dict[str, float]:
@@ -90,7 +92,8 @@ class FinetuneModule(L.LightningModule):
                 config is used and this may be left out (``drop_path`` still applies).
             init_from: an audiossl pretraining (or fine-tuning) checkpoint whose (student) encoder starts the model.
             front_end: ``FrontEndConfig`` fields; unset ``mean``/``std`` come from the dataset's ``audiossl stats``,
-                else the ``init_from`` checkpoint, else AudioSet's. ``target_length``: 1024 (AudioSet), 512 (ESC-50).
+                else the ``init_from`` checkpoint, else AudioSet's. ``target_length``: 1024 (AudioSet), 512 (ESC-50);
+                left unset, it follows the dataset's clip length (``data.clip_seconds``).
             pool: ``cls`` (EAT) or ``mean`` over patch tokens.
             lr/min_lr/warmup_steps/weight_decay/betas: AdamW with linear warm-up and cosine decay to ``min_lr``.
             layer_decay: EAT-style layer-wise lr decay (1.0 disables it).
@@ -126,13 +129,14 @@ class FinetuneModule(L.LightningModule):
         return EncoderConfig.from_dict(cfg), (init_fe.to_dict() if init_fe is not None else None), init_encoder
 
     def build(self, num_classes: int, label_names: list[str], multi_label: bool, data_stats: dict | None,
-              data_sample_rate: int | None = None) -> None:
+              data_sample_rate: int | None = None, datamodule=None) -> None:
         hp = self.hparams
         enc_cfg, init_fe, init_encoder = self._encoder_config()
         fe = dict(hp.front_end or {})
         if init_fe and init_fe.get("spectrogram", "kaldi") != "kaldi":  # BAT's front end: keep the encoder's features
             keep = ("spectrogram", "sample_rate", "num_mel_bins", "frame_length", "frame_shift", "top_db")
             fe = {**{k: init_fe[k] for k in keep if k in init_fe}, **fe}
+        fe = data_target_length(fe, datamodule, enc_cfg.patch_size)
         stats = data_stats or ({"mean": init_fe["mean"], "std": init_fe["std"]} if init_fe else None)
         self.model = AudioClassifier(
             encoder=enc_cfg,
@@ -156,7 +160,7 @@ class FinetuneModule(L.LightningModule):
         if dm.num_classes == 0:
             raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); fine-tuning needs "
                                "labelled data: prepare it with labels (e.g. a CSV with a labels column)")
-        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate)
+        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
 
     @property
     def front_end(self) -> FrontEnd:

@@ -32,7 +32,9 @@ from audiossl.finetune import gather_strings, gather_variable
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
-from audiossl.objectives.base import CHECKPOINT_FORMAT, check_sample_rate, resolve_front_end, total_steps, warmup_cosine
+from audiossl.objectives.base import (
+    CHECKPOINT_FORMAT, check_sample_rate, data_target_length, resolve_front_end, total_steps, warmup_cosine,
+)
 from audiossl.probes import NO_DECAY, asymmetric_loss
 
 PROBE_KINDS = ("cgp", "linear", "lcgp", "h2t")
@@ -90,8 +92,9 @@ class ProbeModule(L.LightningModule):
                 converted model directory. Its front end is used, with ``front_end`` overrides.
             encoder: an encoder spec instead of ``init_from`` (a random frozen encoder: a baseline).
             encoder_weights: ``student`` or ``teacher`` (a pretraining checkpoint's EMA teacher).
-            front_end: ``FrontEndConfig`` overrides (e.g. ``target_length``); unset kaldi ``mean``/``std`` come from the
-                dataset's ``audiossl stats``, else the checkpoint.
+            front_end: ``FrontEndConfig`` overrides; unset kaldi ``mean``/``std`` come from the dataset's ``audiossl
+                stats``, else the checkpoint; ``target_length`` left unset follows the dataset's clip length (in
+                whole patches, as BAT sizes its windows per task), else the checkpoint's.
             probe: ``cgp``, ``linear``, ``lcgp`` or ``h2t``.
             pool: the clip embedding of exports (and the linear probe's input): ``cls`` (default with a CLS) or
                 ``mean``.
@@ -130,10 +133,13 @@ class ProbeModule(L.LightningModule):
         return enc, fe.to_dict()
 
     def build(self, num_classes: int, label_names: list[str], multi_label: bool, data_stats: dict | None,
-              data_sample_rate: int | None = None) -> None:
+              data_sample_rate: int | None = None, datamodule=None) -> None:
         hp = self.hparams
         enc, init_fe = self._encoder()
         fe = {**(init_fe or {}), **(hp.front_end or {})}
+        if datamodule is not None and "target_length" not in (hp.front_end or {}):
+            fe.pop("target_length", None)  # the window follows the data's clips (BAT: 1 s -> 112 frames, 5 s -> 512)
+            fe = data_target_length(fe, datamodule, enc.config.patch_size)
         if data_stats and fe.get("spectrogram", "kaldi") == "kaldi" and not {"mean", "std"} & set(hp.front_end or {}):
             fe.pop("mean", None), fe.pop("std", None)  # the dataset's statistics, as fine-tuning takes them
         pool = hp.pool or ("cls" if enc.num_prefix_tokens else "mean")
@@ -155,7 +161,7 @@ class ProbeModule(L.LightningModule):
         if dm.num_classes == 0:
             raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); probing needs "
                                "labelled data")
-        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate)
+        self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
 
     @property
     def front_end(self) -> FrontEnd:

@@ -12,7 +12,8 @@ Clips are found anywhere under ``--audio-dir`` (scanned once, recursively) by fi
 
 Balancing weights (the AudioMAE recipe for AS-2M): over the found clips of all training splits converted together
 (every split except ``eval``), label weight ``1000 / (count + 0.01)`` and sample weight the sum over the clip's labels;
-stored as ``weight`` in each json and in ``DIR/{split}_weights.csv``. Convert ``balanced_train`` and
+stored as ``weight`` in each json and in ``DIR/{split}_weights.csv`` (rows in shard order, which is shuffled like
+every converter's unless ``--keep-order``). Convert ``balanced_train`` and
 ``unbalanced_train`` in one run and train with ``AudioDataModule(train_split="balanced_train+unbalanced_train",
 weighted=True)`` for AS-2M.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 from audiossl.audio import AUDIO_EXTENSIONS
 from audiossl.data.labels import audioset_labels
 from audiossl.data.writer import (
-    MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
+    MISSING, Clip, LazyClips, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
 from audiossl.errors import input_file
 from data_prep import report_bad_input
@@ -148,19 +149,18 @@ def convert(segments: list[str], audio_dir: str, out: str, options: WriterOption
             found.append((split, seg, path, idx))
     weights = label_weights([idx for split, _, _, idx in found if split not in EVAL_SPLITS])
 
-    def clips():  # made on the fly: ~2M Clip objects would hold gigabytes
-        for split, seg, path, idx in found:
-            meta = {"id": seg.ytid, "labels": [space.mids[i] for i in idx], "label_idx": idx,
-                    "source": f"audioset/{split}", "start": seg.start, "end": seg.end}
-            if split not in EVAL_SPLITS:
-                meta["weight"] = round(sum(weights[i] for i in idx), 6)
-            yield Clip(key=safe_key(f"{seg.ytid}_{round(seg.start * 1000)}"), split=split, meta=meta, path=path)
+    def make(i: int) -> Clip:  # made on demand: ~2M Clip objects with their json dicts would hold gigabytes
+        split, seg, path, idx = found[i]
+        meta = {"id": seg.ytid, "labels": [space.mids[j] for j in idx], "label_idx": idx,
+                "source": f"audioset/{split}", "start": seg.start, "end": seg.end}
+        if split not in EVAL_SPLITS:
+            meta["weight"] = round(sum(weights[j] for j in idx), 6)
+        return Clip(key=safe_key(f"{seg.ytid}_{round(seg.start * 1000)}"), split=split, meta=meta, path=path)
 
     evaluation = {"split": "eval", "metric": "mAP"} if "eval" in names else None
     return write_dataset(
         out,
-        clips(),
-        total=len(found),
+        LazyClips(len(found), make),
         labels=space,
         multi_label=True,
         options=options,

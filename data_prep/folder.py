@@ -3,7 +3,8 @@
 The CSV has one row per clip: ``path,labels[,split][,fold]`` — ``path`` relative to ``--audio-root`` (or absolute),
 ``labels`` ``;``-separated class names (may be empty for unlabelled audio), ``split`` (default ``train``), ``fold``
 (an integer, for cross-validation with ``AudioDataModule(eval_fold=K)``). A header line naming the columns is
-optional; with one, columns may come in any order.
+optional; with one, columns may come in any order. The CSV may list the clips in any order (by class, speaker,
+folder): the writer shuffles them (``--seed``; ``--keep-order`` to opt out), so every shard holds a mix.
 
 Label space: the sorted union of the labels, or ``--labels FILE`` (a ``index,mid,display_name`` CSV or one name per
 line), in which case a label outside it is an error listing every unknown label, or, with ``--drop-unknown``, the

@@ -435,13 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="audiossl prep synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--num-clips", type=int, default=2000, help="training clips (default 2000)")
     p.add_argument("--eval-clips", type=int, default=None, help="evaluation clips (default num_clips // 5)")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed, also of the shuffled sample order (default 0)")
     p.add_argument("--clip-seconds", type=float, default=2.0, help="clip length (default 2.0)")
     p.add_argument("--baseline", action="store_true", help="then print the mean-log-mel logistic-regression mAP")
     p.add_argument("--temporal-baseline", action="store_true",
                    help="then print the mAP with time statistics added to the features (slower; "
                    "with --baseline both are printed)")
-    add_writer_args(p)
+    add_writer_args(p, seed=False)  # --seed above seeds the corpus and the order
     args = p.parse_args(argv)
     status = report_bad_input("synth", lambda: convert(args.out, args.num_clips, args.eval_clips, args.seed,
                                                        args.clip_seconds, options_from_args(args)))

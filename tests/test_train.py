@@ -145,3 +145,22 @@ def test_config_typos_are_errors_that_list_valid_keys(synth_root, capsys):
         pretrain(base + ["--data.batch_sise", "3"])
     err = capsys.readouterr().err
     assert "did you mean 'batch_size'" in err and "valid data keys" in err and "num_workers" in err
+
+
+def test_window_follows_the_data_when_the_config_leaves_it_open(synth_root, tmp_path):
+    """No clip_seconds and no target_length: the data's clip length (2 s here) sets the window, whole patches, and
+    the checkpoint records it; the fine-tuning side does the same."""
+    root = str(tmp_path / "pre")
+    _run_pretrain("eat_tiny.yaml", root, synth_root, 1, "--data.clip_seconds", "null",
+                  "--model.init_args.front_end", "{}")
+    ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+    assert ckpt["audiossl"]["front_end"]["target_length"] == 208  # 2 s = 198 frames -> 13 patches of 16
+    assert ckpt["datamodule_hyper_parameters"]["clip_seconds"] == 2.0
+    from audiossl.finetune import FinetuneModule
+
+    cli = build_cli(FinetuneModule, ["--config", config("finetune", "tiny.yaml"), "--data.root", synth_root,
+                                     "--data.clip_seconds", "null", "--model.front_end", "{}",
+                                     "--trainer.default_root_dir", str(tmp_path / "ft"), *CPU], "runs/ft", False)
+    dm = cli.datamodule
+    cli.model.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
+    assert cli.model.model.front_end.config.target_length == 208

@@ -11,23 +11,29 @@ epoch and ``reload_dataloaders_every_n_epochs`` is not needed. ``state_dict()`` 
 model consumed in that epoch, from the Trainer's ``batch_progress`` (or, without a Trainer, the batches the loader
 handed out); after ``load_state_dict()`` the next iteration rebuilds that epoch and skips those batches before
 decoding. The same state is exposed by the loader, so Lightning treats it as resumable. Exact resume requires the same
-``seed``, ``batch_size``, ``epoch_size``, ``num_workers`` and world size.
+``seed``, ``batch_size``, ``epoch_size``, ``num_workers``, ``open_shards`` and world size.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
+import statistics
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from audiossl.data import storage
 from audiossl.data.manifest import Manifest, read_manifest
 from audiossl.data.pipeline import EvalStream, ShardRef, TrainStream, batches_per_rank, shard_refs
+from audiossl.data.writer import parse_size
 from audiossl.errors import DatasetError
 
 log = logging.getLogger("audiossl.data")
@@ -66,7 +72,8 @@ class AudioDataModule(L.LightningDataModule):
     """Sharded audio prepared by ``audiossl prep``, streamed for training and evaluation.
 
     Args:
-        root: dataset folder holding ``manifest.json`` and the shards.
+        root: dataset folder holding ``manifest.json`` and the shards, or its URL: ``s3://bucket/prefix``,
+            ``gs://...``, ``https://host/path``, ``pipe:COMMAND`` (:mod:`audiossl.data.storage`).
         train_split: training split; several joined with ``+`` (``balanced_train+unbalanced_train``) read as one.
         eval_split: evaluation split (default: ``eval`` if the dataset has it, else the manifest's evaluation split,
             else none).
@@ -76,8 +83,19 @@ class AudioDataModule(L.LightningDataModule):
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         num_workers: DataLoader worker processes per rank (0: load in the main process).
         clip_seconds: crop/pad every clip to this length (random window for training, the first window for
-            evaluation, zeros appended); default: the dataset's clip length, else its longest training clip.
+            evaluation, zeros appended); default (``None``): see :attr:`clip_seconds` — the clip length the
+            dataset declares, else the 95th percentile of its training clips' durations rounded up to 0.1 s. The
+            chosen value is printed and written into ``hparams`` (so into ``hparams.yaml`` and checkpoints).
         shuffle_buffer: samples in each worker's shuffle buffer (raw FLAC bytes, ~190 kB per 10 s clip).
+        open_shards: shards each training reader streams at once, its samples a seeded random merge of theirs, so
+            consecutive samples come from different shards even when a shard is sorted by label.
+        cache_dir: for a URL ``root``: a local folder where every shard read in full is kept (shared by all workers
+            and ranks of the machine), so later epochs read it from disk.
+        cache_max_bytes: the cache's size bound (``"200G"``, ``"512M"`` or bytes); least recently used shards go.
+        retries: attempts after the first for each remote request that fails transiently (connection reset, time-out,
+            5xx, throttling), with exponential back-off from ``retry_wait`` seconds; a shard still failing is skipped,
+            counted and reported, and the batch counts stay the same.
+        retry_wait: seconds before the first retry (doubled each time, with jitter, at most 30 s).
         epoch_size: training samples per epoch over all ranks (default: the training set's size); each rank yields
             ``epoch_size // (world_size * batch_size)`` batches.
         seed: seeds shard order, shuffling and crops; a run is reproducible from it.
@@ -100,6 +118,11 @@ class AudioDataModule(L.LightningDataModule):
         seed: int = 0,
         weighted: bool = False,
         pin_memory: bool | None = None,
+        open_shards: int = 8,
+        cache_dir: str | None = None,
+        cache_max_bytes: int | str = "50G",
+        retries: int = 5,
+        retry_wait: float = 1.0,
     ):
         super().__init__()
         if batch_size < 1:
@@ -114,8 +137,22 @@ class AudioDataModule(L.LightningDataModule):
             raise DatasetError(f"clip_seconds must be positive, got {clip_seconds}")
         if epoch_size is not None and epoch_size < 1:
             raise DatasetError(f"epoch_size must be >= 1, got {epoch_size}")
+        if open_shards < 1:
+            raise DatasetError(f"open_shards must be >= 1, got {open_shards}")
+        if retries < 0 or retry_wait < 0:
+            raise DatasetError(f"retries and retry_wait must be >= 0, got {retries}, {retry_wait}")
+        try:
+            max_bytes = parse_size(str(cache_max_bytes))
+        except Exception:
+            raise DatasetError(f"cache_max_bytes {cache_max_bytes!r} is not a size (use e.g. 200G or 512M)") from None
+        if storage.is_url(root):
+            storage.check_url(str(root))  # an unsupported scheme or a missing extra: a clear error now
+        elif cache_dir is not None:
+            log.info("%s is a local folder: cache_dir %s is not used", root, cache_dir)
         self.save_hyperparameters()
         self.root = str(root)
+        self.io_options = storage.IOOptions(retries=retries, retry_wait=retry_wait, cache_dir=cache_dir,
+                                            cache_max_bytes=max_bytes)
         self.train_split = train_split
         self._eval_split = eval_split
         self.eval_fold = eval_fold
@@ -127,6 +164,8 @@ class AudioDataModule(L.LightningDataModule):
         self._epoch_size = epoch_size
         self.seed = seed
         self.weighted = weighted
+        self.open_shards = open_shards
+        self._default_clip: float | None = None  # clip_seconds chosen from the manifest, once
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._manifest: Manifest | None = None
         self._train_refs: list[ShardRef] | None = None
@@ -182,16 +221,57 @@ class AudioDataModule(L.LightningDataModule):
 
     @property
     def clip_seconds(self) -> float:
+        """The window every clip is cropped or padded to, in seconds.
+
+        ``clip_seconds`` when given; else the clip length the dataset declares (``params.clip_seconds``, the
+        synthetic corpus); else the **95th percentile of the training clips' durations** (the largest over the
+        training splits; ``duration_percentiles`` of the manifest), rounded up to a multiple of 0.1 s; for a manifest
+        written before percentiles were recorded, the longest training clip.
+
+        Why the 95th percentile and not the longest clip: a batch costs its window (attention grows with its square),
+        and in a real folder a few long recordings would otherwise set the window of every batch — 19 in 20 clips
+        still fit whole and the rest are cropped (a random window in training, the first in evaluation). Rounding up
+        keeps the number readable and leaves the percentile clip whole. The value is printed once and stored in
+        ``hparams["clip_seconds"]``.
+        """
         if self._clip_seconds is not None:
             return float(self._clip_seconds)
+        if self._default_clip is None:
+            value, why = self._choose_clip_seconds()
+            self._default_clip = value
+            # into hparams (checkpoints) and hparams_initial (what loggers write as hparams.yaml)
+            self.save_hyperparameters({**self.hparams, "clip_seconds": value})
+            if rank_zero_only.rank == 0:
+                # stderr: stdout may be a verb's result (evaluate prints its metrics as JSON there)
+                print(f"{self.root}: clip_seconds not set, using {value:g} s ({why})", file=sys.stderr, flush=True)
+        return self._default_clip
+
+    def _choose_clip_seconds(self) -> tuple[float, str]:
         m = self.manifest
         if m.params.get("clip_seconds"):
-            return float(m.params["clip_seconds"])
+            return float(m.params["clip_seconds"]), "the clip length the dataset declares"
         splits = [s for s in self.train_splits if s in m.splits] or list(m.splits)
-        longest = max((m.splits[s].max_duration for s in splits), default=0.0)
+        infos = [m.splits[s] for s in splits if m.splits[s].samples > 0]
+        longest = max((i.max_duration for i in infos), default=0.0)
         if longest <= 0:
             raise DatasetError(f"{self.root}: cannot infer clip_seconds from an empty dataset; set clip_seconds")
-        return longest
+        p95 = [i.duration_percentile(95) for i in infos]
+        if any(p is None for p in p95):
+            return longest, f"the longest clip of {'+'.join(splits)}; this manifest records no duration percentiles"
+        p = max(p95)
+        value = max(0.1, math.ceil(round(p * 10, 6)) / 10)
+        return value, (f"95th percentile of the {'+'.join(splits)} clip durations, {p:.3g} s, rounded up to 0.1 s; "
+                       f"longest clip {longest:.3g} s")
+
+    def default_target_frames(self, frame_shift_ms: float = 10.0, patch_size: int = 16,
+                              frame_length_ms: float = 25.0) -> int:
+        """Front-end ``target_length`` (fbank frames) for this :attr:`clip_seconds`: the frames a clip of
+        :attr:`clip_samples` gives (kaldi framing, ``1 + (N - window) // hop``), rounded up to a multiple of
+        ``patch_size`` so the time axis splits into whole patches (e.g. 1.0 s -> 98 frames -> 112; 10 s -> 1008)."""
+        win = int(self.sample_rate * frame_length_ms * 0.001)
+        hop = int(self.sample_rate * frame_shift_ms * 0.001)
+        frames = max(1, 1 + (self.clip_samples - win) // hop)
+        return int(-(-frames // patch_size) * patch_size)
 
     @property
     def clip_samples(self) -> int:
@@ -238,7 +318,10 @@ class AudioDataModule(L.LightningDataModule):
         """Nothing: the data is prepared by ``audiossl prep``."""
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the manifest and resolve the shards of the stage's splits (errors surface here, on every rank)."""
+        """Read the manifest, choose ``clip_seconds`` if not given (so the LightningModule's ``setup``, which runs
+        after this one, can read it, and the hparams logged at the start of fitting hold it) and resolve the shards
+        of the stage's splits (errors surface here, on every rank)."""
+        self.clip_seconds
         if stage in (None, "fit"):
             self.train_refs()
         if stage in (None, "fit", "validate", "test", "predict"):
@@ -273,6 +356,8 @@ class AudioDataModule(L.LightningDataModule):
             weighted=self.weighted,
             rank=rank,
             world_size=world_size,
+            open_shards=self.open_shards,
+            io_options=self.io_options,
         )
 
     def eval_dataset(self, rank: int | None = None, world_size: int | None = None) -> EvalStream | None:
@@ -291,6 +376,7 @@ class AudioDataModule(L.LightningDataModule):
             batch_size=self.eval_batch_size,
             rank=r if rank is None else rank,
             world_size=w if world_size is None else world_size,
+            io_options=self.io_options,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -302,6 +388,7 @@ class AudioDataModule(L.LightningDataModule):
                 "shard and keeps every %d-th sample. Write smaller shards (--shard-size) for large datasets.",
                 self.root, len(ds.shards), slots, ds.world_size, max(1, self.num_workers), slots,
             )
+        self._warn_small_shuffle_buffer(ds)
         if len(ds) < max(1, self.num_workers):
             log.warning("%s: %d batches per epoch for %d workers: some workers idle", self.root, len(ds),
                         self.num_workers)
@@ -312,6 +399,22 @@ class AudioDataModule(L.LightningDataModule):
             multiprocessing_context=self._worker_context(),
         )
         return self._loader
+
+    def _warn_small_shuffle_buffer(self, ds: TrainStream) -> None:
+        """A shard written in input order (``prep --keep-order``, or by an audiossl that did not shuffle) may hold
+        long runs of one label; a shuffle buffer smaller than a shard cannot break them up (the interleaving of
+        ``open_shards`` shards helps, but only by that factor). Shards the writer shuffled need no warning."""
+        if self.manifest.params.get("shuffled") is True:
+            return
+        shard_samples = statistics.median(len(s.candidates()) for s in ds.shards)
+        if self.shuffle_buffer < shard_samples:
+            log.warning(
+                "%s: the shards were written in input order (no record of a shuffle in the manifest) and hold about "
+                "%d samples each, more than the shuffle buffer (%d); if the input was sorted (by label, speaker, "
+                "folder), batches will hold few labels. Re-run `audiossl prep` (it shuffles unless --keep-order) or "
+                "raise --data.shuffle_buffer (and --data.open_shards).",
+                self.root, shard_samples, self.shuffle_buffer,
+            )
 
     def _eval_loader(self):
         ds = self.eval_dataset()
@@ -386,6 +489,7 @@ class AudioDataModule(L.LightningDataModule):
             "epoch_size": self._epoch_size,
             "num_workers": self.num_workers,
             "world_size": world,
+            "open_shards": self.open_shards,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -394,7 +498,7 @@ class AudioDataModule(L.LightningDataModule):
             return
         _, world = self._rank_world()
         now = {"seed": self.seed, "batch_size": self.batch_size, "epoch_size": self._epoch_size,
-               "num_workers": self.num_workers, "world_size": world}
+               "num_workers": self.num_workers, "world_size": world, "open_shards": self.open_shards}
         changed = {k: (state_dict[k], v) for k, v in now.items() if k in state_dict and state_dict[k] != v}
         if changed:
             log.warning("resuming the data stream with changed settings %s (saved, now): the resumed epoch will "
@@ -410,7 +514,7 @@ class AudioDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         m = self.manifest
-        return (f"{Path(self.root).name}: {m.num_classes} classes ({'multi' if m.multi_label else 'single'}-label), "
+        return (f"{storage.display_name(self.root)}: {m.num_classes} classes ({'multi' if m.multi_label else 'single'}-label), "
                 f"train {self.train_split} ({self.train_size} clips), eval "
                 f"{self.eval_split if self.eval_fold is None else f'fold {self.eval_fold}'}, "
                 f"{self.clip_seconds:g} s clips at {self.sample_rate} Hz")

@@ -14,6 +14,7 @@ Layout of a dataset folder::
      "num_classes": C, "multi_label": bool,
      "sample_rate": 16000,                            # null when --keep-rate left mixed rates
      "splits": {"train": {"samples": N, "duration": seconds, "min_duration": s, "max_duration": s,
+                          "duration_percentiles": {"p50": s, "p90": s, "p95": s, "p99": s},  # older manifests: absent
                           "weights": "train_weights.csv" | null,
                           "shards": [{"path": "train/train-000000.tar", "samples": n, "duration": s,
                                       "bytes": b, "folds": [fold per sample] | absent}, ...]}, ...},
@@ -21,6 +22,9 @@ Layout of a dataset folder::
      "params": {...},                                 # how it was made (converter, options)
      "stats": {"mean": m, "std": s, "method": ..., ...} | null,   # set by `audiossl stats`
      "ontology": {group: [class names]} | null}
+
+``DIR`` may also be a URL (``s3://``, ``gs://``, ``https://``, ``pipe:``; :mod:`audiossl.data.storage`): the manifest is
+read from ``DIR/manifest.json`` there and every path in it is relative to ``DIR``.
 
 Only shards listed here exist as far as readers are concerned: a crashed or running conversion never has its
 half-written shards listed.
@@ -33,6 +37,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from audiossl.data import storage
 from audiossl.data.labels import LabelSpace
 from audiossl.errors import DatasetError, DatasetNotFoundError, SplitNotFoundError
 
@@ -69,6 +74,7 @@ class SplitInfo:
     min_duration: float = 0.0
     max_duration: float = 0.0
     weights: str | None = None  # relative path of the key,weight CSV, when samples carry weights
+    duration_percentiles: dict[str, float] | None = None  # {"p50", "p90", "p95", "p99"} seconds; None: older manifest
 
     @property
     def samples(self) -> int:
@@ -82,15 +88,23 @@ class SplitInfo:
     def has_folds(self) -> bool:
         return bool(self.shards) and all(s.folds is not None for s in self.shards)
 
+    def duration_percentile(self, p: int) -> float | None:
+        """The ``p``-th percentile of the clip durations (seconds) written at prep time; ``None`` if not recorded."""
+        value = (self.duration_percentiles or {}).get(f"p{p}")
+        return None if value is None else float(value)
+
     def to_dict(self) -> dict:
-        return {
+        d = {
             "samples": self.samples,
             "duration": round(self.duration, 3),
             "min_duration": round(self.min_duration, 3),
             "max_duration": round(self.max_duration, 3),
-            "weights": self.weights,
-            "shards": [s.to_dict() for s in self.shards],
         }
+        if self.duration_percentiles is not None:
+            d["duration_percentiles"] = dict(self.duration_percentiles)
+        d["weights"] = self.weights
+        d["shards"] = [s.to_dict() for s in self.shards]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SplitInfo":
@@ -99,6 +113,7 @@ class SplitInfo:
             float(d.get("min_duration", 0.0)),
             float(d.get("max_duration", 0.0)),
             d.get("weights"),
+            d.get("duration_percentiles"),
         )
 
 
@@ -204,8 +219,23 @@ def manifest_path(root: str | Path) -> Path:
 
 
 def read_manifest(root: str | Path) -> Manifest:
-    """Read ``DIR/manifest.json``; clear errors for a missing folder, a missing or damaged manifest."""
-    root = Path(root)
+    """Read ``ROOT/manifest.json`` (a local folder or a URL, :mod:`audiossl.data.storage`); clear errors for a missing
+    folder, a missing or damaged manifest, an unsupported URL."""
+    if storage.is_url(root):
+        url = storage.join(root, MANIFEST_NAME)
+        storage.check_url(str(root))
+        try:
+            data = storage.read_bytes(url)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(
+                f"no dataset at {root}: {MANIFEST_NAME} is not there; build it with `audiossl prep NAME ... --out "
+                f"{root}` (a conversion that has not finished has no manifest yet)") from None
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{url} is not valid JSON ({e}); re-run `audiossl prep`") from None
+        return Manifest.from_dict(d, url)
+    root = Path(storage.local_path(root))
     path = manifest_path(root)
     if not path.is_file():
         what = "does not exist" if not root.exists() else ("is a file" if root.is_file() else "has no manifest.json")
@@ -221,6 +251,9 @@ def read_manifest(root: str | Path) -> Manifest:
 
 
 def write_manifest(root: str | Path, manifest: Manifest) -> None:
-    """Write ``DIR/manifest.json`` atomically."""
-    text = json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False) + "\n"
-    atomic_write(manifest_path(root), text.encode("utf-8"))
+    """Write ``ROOT/manifest.json`` atomically (a local rename, or one PUT of the object)."""
+    data = (json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    if storage.is_url(root):
+        storage.write_bytes(storage.join(root, MANIFEST_NAME), data)
+    else:
+        atomic_write(manifest_path(storage.local_path(root)), data)

@@ -21,11 +21,14 @@ Training (:class:`TrainStream`), per epoch ``e``:
 * a slot streams its shards (again if it needs more samples than they hold — so an epoch shows every sample once
   only when each slot's share matches its demand, as with many shards per slot; otherwise a few samples of the
   epoch repeat and as many wait for a later epoch, whose new shard order evens this out; with ``weighted`` it draws
-  its samples
-  per pass without replacement by the json ``weight`` s, Efraimidis-Spirakis keys), drops invalid samples (no json,
-  bad label index, no audio), shuffles raw (undecoded) samples in a buffer seeded by ``(seed, e, rank, worker)``,
-  decodes FLAC, crops a window whose offset is a hash of ``(seed, e, pass, key)`` (or zero-pads at the end) and
-  batches. A sample that fails to decode is replaced by the next one, so batch counts never change.
+  its samples per pass without replacement by the json ``weight`` s, Efraimidis-Spirakis keys);
+* it keeps ``open_shards`` shards open at once and takes each next sample from one of them, a seeded random merge
+  (:func:`_interleave`), so consecutive samples come from different shards even when a shard is sorted by label
+  (``prep --keep-order``, datasets written before the writer shuffled);
+* it drops invalid samples (no json, bad label index, no audio), shuffles raw (undecoded) samples in a buffer seeded
+  by ``(seed, e, rank, worker)``, decodes FLAC, crops a window whose offset is a hash of ``(seed, e, pass, key)``
+  (or zero-pads at the end) and batches. A sample that fails to decode is replaced by the next one, so batch counts
+  never change.
 * resuming after ``k`` batches of epoch ``e`` (:meth:`TrainStream.set_epoch`): worker ``w`` plays the role of worker
   ``(w + k) % W`` and drops the ``(w + k) // W`` batches that role had yielded, *after the shuffle buffer and before
   decoding*; the DataLoader then delivers exactly the batches ``k, k+1, ...`` of the uninterrupted epoch.
@@ -34,11 +37,18 @@ Training (:class:`TrainStream`), per epoch ``e``:
 Evaluation (:class:`EvalStream`): shards in manifest order dealt round-robin to slots (or every S-th sample with
 fewer shards), each sample read once, the first ``clip_samples`` kept (zero-padded), bad samples skipped and counted;
 the union over all ranks and workers is every sample exactly once.
+
+Shards may be local files or URLs (:mod:`audiossl.data.storage`): a stream reads them through one
+:class:`~audiossl.data.storage.ShardReader`, which fetches remote shards ahead (the open ones and the next), retries
+transient faults, and may keep them in a local cache. A shard that still cannot be read is skipped, counted as an
+``unreadable shard`` and not tried again by that stream; training replaces its samples like any bad sample, so the
+batch counts stay the same on every rank.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -56,6 +66,7 @@ from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import base_plus_ext
 
 from audiossl import audio
+from audiossl.data import storage
 from audiossl.data.manifest import Manifest
 from audiossl.errors import DatasetError
 
@@ -68,20 +79,22 @@ _MAX_WARNINGS = 20  # per worker and pass over the data; then only the end-of-ep
 class ShardRef:
     """A shard as the streams see it.
 
-    ``positions``: the sample positions (0-based, sorted) this shard contributes, e.g. after a fold filter
-    (``None``: all ``samples``). ``weights``: a sampling weight per sample position ``[samples]`` (weighted mode).
+    ``path``: a local path or a URL (:mod:`audiossl.data.storage`). ``positions``: the sample positions (0-based,
+    sorted) this shard contributes, e.g. after a fold filter (``None``: all ``samples``). ``weights``: a sampling
+    weight per sample position ``[samples]`` (weighted mode). ``nbytes``: the file size the manifest records.
     """
 
     path: str
     samples: int
     positions: np.ndarray | None = None
     weights: np.ndarray | None = None
+    nbytes: int | None = None
 
     def candidates(self) -> np.ndarray:
         return np.arange(self.samples) if self.positions is None else self.positions
 
     def with_positions(self, positions: np.ndarray) -> "ShardRef":
-        return ShardRef(self.path, self.samples, np.asarray(positions, dtype=np.int64), self.weights)
+        return ShardRef(self.path, self.samples, np.asarray(positions, dtype=np.int64), self.weights, self.nbytes)
 
 
 def shard_refs(
@@ -91,8 +104,8 @@ def shard_refs(
     fold_filter: Callable[[int], bool] | None = None,
     weighted: bool = False,
 ) -> list[ShardRef]:
-    """The shards of ``splits`` (in manifest order) with positions filtered by fold and weights loaded if asked."""
-    root = Path(root)
+    """The shards of ``splits`` (in manifest order) with positions filtered by fold and weights loaded if asked;
+    ``root`` is a local folder or a URL."""
     refs: list[ShardRef] = []
     for name in splits:
         info = manifest.split(name)
@@ -103,7 +116,7 @@ def shard_refs(
             positions = None
             if fold_filter is not None:
                 positions = np.array([i for i, f in enumerate(shard.folds) if fold_filter(f)], dtype=np.int64)
-            refs.append(ShardRef(str(root / shard.path), shard.samples, positions, w))
+            refs.append(ShardRef(storage.join(root, shard.path), shard.samples, positions, w, shard.bytes or None))
     return refs
 
 
@@ -113,26 +126,31 @@ def _load_weights(root: Path, split: str, info) -> list[np.ndarray]:
         raise DatasetError(
             f"weighted=True but split {split!r} has no sampling weights (only `audiossl prep audioset` writes them)"
         )
-    path = root / info.weights
-    values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=1, dtype=np.float64, ndmin=1)
+    path = storage.join(root, info.weights)
+    values = np.loadtxt(io.BytesIO(storage.read_bytes(path)), delimiter=",", skiprows=1, usecols=1,
+                        dtype=np.float64, ndmin=1)
     if len(values) != info.samples:
         raise DatasetError(f"{path} has {len(values)} weights for {info.samples} samples; re-run `audiossl prep`")
     bounds = np.cumsum([0] + [s.samples for s in info.shards])
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def read_shard(path: str, positions: np.ndarray | None = None) -> Iterator[tuple[int, str, dict]]:
-    """Yield ``(position, key, {suffix: bytes})`` for the samples of a tar shard, in order.
+def read_shard(path: str, positions: np.ndarray | None = None, *, reader: storage.ShardReader | None = None,
+               size: int | None = None) -> Iterator[tuple[int, str, dict]]:
+    """Yield ``(position, key, {suffix: bytes})`` for the samples of a tar shard (a local path or a URL), in order.
 
     With ``positions`` (sorted), only those samples are yielded and the others' members are never read into memory.
-    A damaged tar raises ``tarfile.ReadError``/``OSError`` after the samples before the damage.
+    A damaged tar raises ``tarfile.ReadError``/``OSError`` after the samples before the damage; a remote shard that
+    cannot be fetched (after ``reader``'s retries) raises :class:`~audiossl.data.storage.StorageError` (an
+    ``OSError``). ``size``: the shard's size in bytes if known (saves a request).
     """
     wanted = None if positions is None else set(int(p) for p in positions)
     last = -1 if wanted is None else (max(wanted) if wanted else -1)
     if wanted is not None and not wanted:
         return
     pos, key, members, take = -1, None, {}, False
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+    reader = reader or storage.ShardReader()
+    with reader.open(path, size) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for info in tar:
             tar.members = []  # stream mode otherwise keeps every header
             if not info.isreg():
@@ -203,6 +221,8 @@ class _Samples:
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.where = where
         self.bad: Counter = Counter()
+        self.io = storage.IOCounters()  # retries, cache hits, bytes of remote shards
+        self.dead: set[str] = set()  # shards given up on in this pass over the data (not retried again)
         self._warned = 0
 
     def reject(self, key: str, shard: str, reason: str) -> None:
@@ -214,6 +234,9 @@ class _Samples:
     def summary(self) -> None:
         if self.bad:
             log.warning("%s: skipped %d bad samples so far (%s)", self.where, sum(self.bad.values()), dict(self.bad))
+        if self.io["retries"] or self.dead:
+            log.warning("%s: %d remote reads retried, %d shards unreadable after retries (%s)", self.where,
+                        self.io["retries"], len(self.dead), ", ".join(storage.redact(p) for p in sorted(self.dead)[:5]))
 
     def check(self, shard: str, key: str, members: dict):
         """Raw members -> ``(key, flac bytes, label indices)`` or ``None`` (counted) for an invalid sample."""
@@ -271,18 +294,84 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _read_all(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Samples) -> Iterator[tuple[str, tuple]]:
-    """Read a list of (shard, positions); yields ``(shard path, checked sample)``; damaged shards are reported."""
-    for shard, positions in plan:
-        try:
-            for _, key, members in read_shard(shard.path, positions):
-                checked = samples.check(shard.path, key, members)
-                if checked is not None:
-                    yield shard.path, checked
-        except (tarfile.TarError, OSError, EOFError) as e:
-            samples.bad["damaged shard"] += 1
-            log.warning("%s: shard %s is damaged or unreadable, skipping its remaining samples: %s",
-                        samples.where, shard.path, e)
+def _read_one(shard: ShardRef, positions: np.ndarray | None, samples: _Samples,
+              reader: storage.ShardReader | None = None) -> Iterator[tuple[str, tuple]]:
+    """Yields ``(shard path, checked sample)`` for the valid samples of one shard. A damaged shard, or a remote one
+    that still fails after the retries, is reported and counted, and its remaining samples skipped; a shard given up
+    on is not tried again by the same stream (``samples.dead``)."""
+    if shard.path in samples.dead:
+        return
+    try:
+        for _, key, members in read_shard(shard.path, positions, reader=reader, size=shard.nbytes):
+            checked = samples.check(shard.path, key, members)
+            if checked is not None:
+                yield shard.path, checked
+    except storage.StorageError as e:
+        samples.bad["unreadable shard"] += 1
+        samples.dead.add(shard.path)
+        log.warning("%s: shard %s could not be read, skipping it: %s", samples.where, storage.redact(shard.path), e)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        samples.bad["damaged shard"] += 1
+        log.warning("%s: shard %s is damaged or unreadable, skipping its remaining samples: %s",
+                    samples.where, storage.redact(shard.path), e)
+
+
+def _read_all(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Samples,
+              reader: storage.ShardReader | None = None) -> Iterator[tuple[str, tuple]]:
+    """Read a list of (shard, positions) one shard after the other, fetching the next one ahead (URLs)."""
+    for i, (shard, positions) in enumerate(plan):
+        if reader is not None and i + 1 < len(plan) and plan[i + 1][0].path not in samples.dead:
+            reader.prefetch(plan[i + 1][0].path, plan[i + 1][0].nbytes)
+        yield from _read_one(shard, positions, samples, reader)
+
+
+def _interleave(plan: Sequence[tuple[ShardRef, np.ndarray | None]], samples: _Samples, open_shards: int,
+                rng: np.random.Generator, reader: storage.ShardReader | None = None) -> Iterator[tuple[str, tuple]]:
+    """Read a list of (shard, positions) ``open_shards`` shards at a time, mixing their samples.
+
+    Each next sample comes from one of the open shards, drawn with probability proportional to the samples it has
+    left (so the output is a uniformly random merge of the open shards' sequences); a finished shard is replaced by
+    the next one of the plan, which ``reader`` starts fetching as soon as the one before it opens (URLs).
+    Deterministic given ``rng``'s state. With ``open_shards`` 1 this is :func:`_read_all`.
+    """
+    plan = list(plan)
+    nxt = 0
+    readers: list[Iterator] = []
+    left: list[int] = []  # planned samples not yet read, per open shard (a weight only: bad samples are skipped)
+
+    def open_next() -> bool:
+        nonlocal nxt
+        while nxt < len(plan):
+            shard, positions = plan[nxt]
+            nxt += 1
+            n = shard.samples if positions is None else len(positions)
+            if n > 0 and shard.path not in samples.dead:
+                readers.append(_read_one(shard, positions, samples, reader))
+                left.append(n)
+                if reader is not None:  # start its download now, and the one of the shard after it
+                    reader.prefetch(shard.path, shard.nbytes)
+                    if nxt < len(plan) and plan[nxt][0].path not in samples.dead:
+                        reader.prefetch(plan[nxt][0].path, plan[nxt][0].nbytes)
+                return True
+        return False
+
+    while len(readers) < max(1, open_shards) and open_next():
+        pass
+    while readers:
+        if len(readers) == 1:
+            i = 0
+        else:
+            weights = np.maximum(np.asarray(left, dtype=np.float64), 1.0)
+            i = min(int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right")),
+                    len(readers) - 1)
+        item = next(readers[i], None)
+        if item is None:  # this shard is done: open the next one in its place
+            readers.pop(i)
+            left.pop(i)
+            open_next()
+            continue
+        left[i] -= 1
+        yield item
 
 
 # --- training ----------------------------------------------------------------------------------------------------
@@ -304,10 +393,14 @@ class TrainStream(IterableDataset):
         weighted: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        open_shards: int = 8,
+        io_options: storage.IOOptions | None = None,
     ):
         super().__init__()
         if not shards:
             raise ValueError("no training shards")
+        if open_shards < 1:
+            raise ValueError(f"open_shards must be >= 1, got {open_shards}")
         if batch_size < 1 or epoch_size < 1:
             raise ValueError(f"batch_size and epoch_size must be >= 1 (got {batch_size}, {epoch_size})")
         if weighted and any(s.weights is None for s in shards):
@@ -318,6 +411,8 @@ class TrainStream(IterableDataset):
         self.batch_size, self.epoch_size = batch_size, epoch_size
         self.seed, self.shuffle_buffer, self.weighted = seed, shuffle_buffer, weighted
         self.rank, self.world_size = rank, world_size
+        self.open_shards = open_shards
+        self.io_options = io_options or storage.IOOptions()
         self.epoch = 0
         self.skip_batches = 0
         self.samples: _Samples | None = None  # the bad-sample counter of the process that iterates
@@ -393,10 +488,13 @@ class TrainStream(IterableDataset):
         need = total_batches * self.batch_size
         rng = np.random.default_rng([self.seed, epoch, self.rank, role, 2])
 
+        reader = storage.ShardReader(self.io_options, samples.io)
+
         def raw(extra: bool):
             for pass_no, plan in enumerate(self._passes(shards, need, rng, extra)):
                 got = 0
-                for shard, checked in _read_all(plan, samples):
+                mix = np.random.default_rng([self.seed, epoch, self.rank, role, 3, pass_no, int(extra)])
+                for shard, checked in _interleave(plan, samples, self.open_shards, mix, reader):
                     got += 1
                     yield pass_no + (1_000_000 if extra else 0), shard, checked
                 if got == 0 and extra:
@@ -413,22 +511,25 @@ class TrainStream(IterableDataset):
         stream = itertools.islice(stream, skip_mine * self.batch_size, None)  # resume: drop before decoding
         batch: list = []
         produced = failures = 0
-        for pass_no, shard, (key, flac, idx) in stream:
-            offset = lambda span, k=key, p=pass_no: _hash_int(self.seed, epoch, p, k) % span  # noqa: E731
-            decoded = samples.decode(shard, key, flac, offset)  # (wave, real samples)
-            if decoded is None:
-                failures += 1
-                if failures > max(1000, 2 * need):
-                    raise RuntimeError(f"{where}: {failures} samples in a row failed to decode; see the warnings")
-                continue
-            failures = 0
-            batch.append((key, decoded, idx))
-            if len(batch) == self.batch_size:
-                yield samples.collate(batch)
-                batch = []
-                produced += 1
-                if produced == n_batches:
-                    break
+        try:
+            for pass_no, shard, (key, flac, idx) in stream:
+                offset = lambda span, k=key, p=pass_no: _hash_int(self.seed, epoch, p, k) % span  # noqa: E731
+                decoded = samples.decode(shard, key, flac, offset)  # (wave, real samples)
+                if decoded is None:
+                    failures += 1
+                    if failures > max(1000, 2 * need):
+                        raise RuntimeError(f"{where}: {failures} samples in a row failed to decode; see the warnings")
+                    continue
+                failures = 0
+                batch.append((key, decoded, idx))
+                if len(batch) == self.batch_size:
+                    yield samples.collate(batch)
+                    batch = []
+                    produced += 1
+                    if produced == n_batches:
+                        break
+        finally:
+            reader.close()
         samples.summary()
 
 
@@ -447,6 +548,7 @@ class EvalStream(IterableDataset):
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        io_options: storage.IOOptions | None = None,
     ):
         super().__init__()
         if clip_samples is None and batch_size != 1:
@@ -455,6 +557,7 @@ class EvalStream(IterableDataset):
         self.num_classes, self.multi_label = num_classes, multi_label
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.io_options = io_options or storage.IOOptions()
         self.samples: _Samples | None = None
 
     def _make_samples(self, where: str) -> "_Samples":
@@ -470,14 +573,18 @@ class EvalStream(IterableDataset):
         samples = self.samples = self._make_samples(where)
         mine = deal(self.shards, self.rank * W + w, self.world_size * W)
         batch: list = []
-        for shard, (key, flac, idx) in _read_all([(s, s.positions) for s in mine], samples):
-            decoded = samples.decode(shard, key, flac, None)  # (wave, real samples)
-            if decoded is None:
-                continue
-            batch.append((key, decoded, idx))
-            if len(batch) == self.batch_size:
-                yield samples.collate(batch)
-                batch = []
+        reader = storage.ShardReader(self.io_options, samples.io)
+        try:
+            for shard, (key, flac, idx) in _read_all([(s, s.positions) for s in mine], samples, reader):
+                decoded = samples.decode(shard, key, flac, None)  # (wave, real samples)
+                if decoded is None:
+                    continue
+                batch.append((key, decoded, idx))
+                if len(batch) == self.batch_size:
+                    yield samples.collate(batch)
+                    batch = []
+        finally:
+            reader.close()
         if batch:
             yield samples.collate(batch)
         samples.summary()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-USAGE = """usage: audiossl prep NAME [ARGS...] --out DIR [--workers N]
+USAGE = """usage: audiossl prep NAME [ARGS...] --out DIR [--workers N] [--seed S] [--keep-order]
 
-Convert a dataset into audiossl shards (DIR/manifest.json + DIR/{split}/*.tar).
+Convert a dataset into audiossl shards (DIR/manifest.json + DIR/{split}/*.tar). Samples are written in a
+seeded random order (--seed, default 0), so no shard holds only one label or source; --keep-order keeps the
+input order.
 
 converters:
   folder    your own audio listed in a CSV: --csv FILE --audio-root DIR [--labels FILE] [--drop-unknown]

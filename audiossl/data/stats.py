@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from audiossl import audio
+from audiossl.data import storage
 from audiossl.data.manifest import read_manifest, write_manifest
 from audiossl.data.pipeline import read_shard
 from audiossl.features import FrontEndConfig, kaldi_fbank
@@ -49,7 +50,6 @@ def compute_stats(
     from tqdm import tqdm
 
     fe = front_end or FrontEndConfig()
-    root = Path(root)
     info = read_manifest(root).split(split)
     plan = _chosen_positions([s.samples for s in info.shards], max_clips, seed)
     n_clips = sum(s.samples if p is None else len(p) for s, p in zip(info.shards, plan))
@@ -71,10 +71,12 @@ def compute_stats(
             frames += fb.shape[0] * fb.shape[1]
         pending.clear()
 
-    bar = tqdm(total=n_clips, unit="clip", desc=f"stats {root.name}/{split}", disable=not progress)
+    bar = tqdm(total=n_clips, unit="clip", desc=f"stats {storage.display_name(root)}/{split}", disable=not progress)
+    reader = storage.ShardReader()
     for shard, positions in zip(info.shards, plan):
         try:
-            for _, key, members in read_shard(str(root / shard.path), positions):
+            for _, key, members in read_shard(storage.join(root, shard.path), positions, reader=reader,
+                                              size=shard.bytes or None):
                 bar.update(1)
                 try:
                     wave = audio.load(members.get("flac", b""), fe.sample_rate)
@@ -120,22 +122,32 @@ def write_stats(root: str | Path, stats: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="audiossl stats", description=__doc__.split("\n\n")[0])
-    p.add_argument("root", help="dataset folder (manifest.json + shards)")
+    p.add_argument("root", help="dataset folder (manifest.json + shards), or its s3://, gs://, https:// or pipe: URL")
     p.add_argument("--split", default="train", help="split to measure (default train)")
     p.add_argument("--max-clips", type=int, default=None, help="a seeded random sample of this many clips")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p.add_argument("--print-only", action="store_true",
+                   help="print the statistics without writing them (e.g. for a read-only https:// or pipe: dataset)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.max_clips is not None and args.max_clips < 1:
         p.error("--max-clips must be at least 1")
     try:
+        if storage.is_url(args.root):
+            kind = storage.check_url(args.root, what="the dataset")
+            if kind not in storage.WRITE_SCHEMES and not args.print_only:
+                raise storage.UnsupportedURLError(
+                    f"{args.root}: {kind}: datasets are read-only, so the statistics cannot be stored in its "
+                    "manifest; add --print-only to compute and print them")
         stats = compute_stats(args.root, args.split, args.max_clips, args.seed, progress=not args.quiet)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+        if not args.print_only:
+            write_stats(args.root, stats)
+    except (FileNotFoundError, KeyError, ValueError, storage.StorageError) as e:
         print(f"audiossl stats: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
-    write_stats(args.root, stats)
     print(f"{args.root}: fbank mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['clips']} clips "
-          f"({stats['frames']} frames) of {args.split}; written to manifest.json"
+          f"({stats['frames']} frames) of {args.split}"
+          + ("" if args.print_only else "; written to manifest.json")
           + (f"; {stats['bad_clips']} bad clips skipped" if stats["bad_clips"] else ""))
     return 0
 

@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn as nn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from audiossl.errors import DatasetError
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEnd, FrontEndConfig
@@ -97,6 +97,20 @@ def check_sample_rate(data_rate: int | None, front_end: FrontEndConfig, where: s
         )
 
 
+def data_target_length(front_end: dict | None, datamodule, patch_size: int) -> dict:
+    """``front_end`` with ``target_length`` chosen from the dataset's clip length (``AudioDataModule``'s
+    ``default_target_frames``: its ``clip_seconds`` in frames, rounded up to whole patches) when the config leaves it
+    unset; announced once. Without a datamodule the config's own default (1024 frames) applies."""
+    fe = dict(front_end or {})
+    if fe.get("target_length") is None and datamodule is not None and hasattr(datamodule, "default_target_frames"):
+        centred = fe.get("spectrogram") == "mel_db_minmax"  # BAT's frames: 1 + N // hop (no window to fit)
+        fe["target_length"] = datamodule.default_target_frames(fe.get("frame_shift", 10.0), patch_size,
+                                                               0.0 if centred else fe.get("frame_length", 25.0))
+        rank_zero_info(f"front end: target_length not set, using {fe['target_length']} frames "
+                       f"({datamodule.clip_seconds:g} s clips, whole {patch_size}-frame patches)")
+    return fe
+
+
 def resolve_front_end(front_end: dict | None, data_stats: dict | None) -> FrontEndConfig:
     """Front-end config with ``mean``/``std`` left as None filled from the dataset stats, else AudioSet's."""
     fe = dict(front_end or {})
@@ -126,7 +140,8 @@ class PretrainModule(L.LightningModule):
         Args:
             encoder: registry spec of the student encoder, e.g. ``{name: vit_base, block_style: post}``.
             front_end: ``FrontEndConfig`` fields; ``mean``/``std`` left unset take the dataset's statistics from its
-                manifest (``audiossl stats``) when present, else the AudioSet constants.
+                manifest (``audiossl stats``) when present, else the AudioSet constants; ``target_length`` left unset
+                follows the dataset's clip length (``data.clip_seconds``, itself from the durations when unset).
             lr: peak learning rate (after warm-up).
             min_lr: final learning rate of the cosine decay.
             warmup_steps: linear warm-up length in optimizer steps.
@@ -157,7 +172,8 @@ class PretrainModule(L.LightningModule):
                     f"{type(self).__name__} keeps an EMA teacher, which FSDP would shard out of step with the student; "
                     "use --trainer.strategy ddp (a ViT-B or ViT-L with its teacher and AdamW state fits one GPU)"
                 )
-        self.front_end = FrontEnd(resolve_front_end(self._front_end_spec, stats))
+        spec = data_target_length(self._front_end_spec, dm, self.encoder.config.patch_size)
+        self.front_end = FrontEnd(resolve_front_end(spec, stats))
         if dm is not None:
             check_sample_rate(getattr(dm, "sample_rate", None), self.front_end.config,
                               f"the dataset {getattr(dm, 'root', '')}".rstrip())

@@ -71,8 +71,9 @@ def test_folder_converter_writes_good_rejects_bad(tmp_path):
     assert m.labels.names == ("animal", "car", "dog", "horn")  # sorted union
     assert m.multi_label is True and m.sample_rate == 16000
     assert m.evaluation == {"split": "eval"}
-    assert m.split("train").shards[0].folds == [1, 2, 3]
-    meta = read_json(out, "train")
+    meta = read_json(out, "train")  # in shard order
+    assert m.split("train").shards[0].folds == [v["fold"] for v in meta.values()]
+    assert sorted(m.split("train").shards[0].folds) == [1, 2, 3]
     long_key = "chiens_" + "Médor,_le_chien_" * 8
     assert set(meta) == {"dogs_rex_01", "dogs_fido", long_key}  # dots, slashes, spaces -> "_"; the id is kept
     assert meta[long_key]["id"] == f"chiens/{'Médor, le chien ' * 8}.wav"
@@ -160,12 +161,21 @@ def test_esc50_converter(tmp_path):
     assert m.labels.names == esc50_labels().names and m.multi_label is False and m.sample_rate == 16000
     assert m.evaluation["fold_field"] == "fold" and m.evaluation["folds"] == [1, 2, 3, 4, 5]
     assert rejected(out) == {str(root / "audio" / "3-100038-A-14.wav"): "missing"}
-    meta = read_json(out, "train")
-    assert list(meta) == ["1-100032-A-0", "1-100038-B-14", "2-104089-A-1", "2-104089-B-41", "4-110389-A-0",
-                          "5-115545-C-41", "5-118206-A-10"]  # CSV order
+    meta = read_json(out, "train")  # in shard order: shuffled
+    csv_order = ["1-100032-A-0", "1-100038-B-14", "2-104089-A-1", "2-104089-B-41", "4-110389-A-0", "5-115545-C-41",
+                 "5-118206-A-10"]
+    assert sorted(meta) == csv_order and list(meta) != csv_order
     assert meta["2-104089-B-41"] == {"id": "2-104089-B-41", "labels": ["chainsaw"], "label_idx": [41],
                                      "source": "esc50", "fold": 2, "duration": 0.5, "sample_rate": 16000}
-    assert m.split("train").shards[0].folds == [1, 1, 2, 2, 4, 5, 5]
+    assert m.split("train").shards[0].folds == [v["fold"] for v in meta.values()]  # the folds follow the shuffle
+    assert m.params["shuffled"] is True and m.params["order_seed"] == 0
+    # --keep-order: the CSV order
+    kept = tmp_path / "kept"
+    assert cli_main(["prep", "esc50", "--root", str(root), "--out", str(kept), "--workers", "0", "--quiet",
+                     "--keep-order"]) == 0
+    assert list(read_json(kept, "train")) == csv_order
+    assert read_manifest(kept).split("train").shards[0].folds == [1, 1, 2, 2, 4, 5, 5]
+    assert read_manifest(kept).params["shuffled"] is False
 
 
 def test_esc10_subset_reindexes(tmp_path):
@@ -212,8 +222,8 @@ def test_audioset_converter(tmp_path):
     assert rejected(out) == {"balanced_train/-5xOcMJWEgc": "missing", "eval/zzzzzzzzzzz": "missing"}
     m = read_manifest(out)
     assert m.labels.mids == space.mids and m.multi_label and m.evaluation["split"] == "eval"
-    train = read_json(out, "balanced_train")
-    assert list(train) == ["--PJHxphWEs_30000", "-0RWZT-miFs_420000"]
+    train = read_json(out, "balanced_train")  # shard order
+    assert sorted(train) == ["--PJHxphWEs_30000", "-0RWZT-miFs_420000"]
     first = train["--PJHxphWEs_30000"]
     assert first["labels"] == ["/m/09x0r", "/t/dd00088"] and first["start"] == 30.0
     assert first["label_idx"] == [space.index("/m/09x0r"), space.index("/t/dd00088")] and first["label_idx"][0] == 0
