@@ -5,12 +5,15 @@ ten digits ``zero`` ... ``nine``) in many voices, and the model must recognise t
 
 * **Voices.** A voice is an English accent of espeak-ng (``en-us``, ``en-gb``, ``en-gb-scotland``, ...) with a voice
   variant (``+m1`` .. ``+m8``, ``+f1`` .. ``+f5`` and some fifty named variants that change formants, pitch range,
-  breathiness, the Klatt synthesiser, ...), plus its own base speed (words per minute) and pitch. The variants are
-  dealt out by the seed: the evaluation voices use variants that no training voice uses (**leave-voices-out**).
-* **Takes.** Every voice says every word ``--takes`` times, each take with its own speed and pitch jitter, level,
-  and optionally additive noise (white, pink or brown, at a seeded SNR) and a sox reverb.
+  breathiness, the Klatt synthesiser, ...), its own base speed (words per minute) and pitch and, with
+  ``--channel-prob``, its own "microphone" (a high-pass, a low-pass and two peaking EQ bands, as sox effects). The
+  variants are dealt out by the seed: the evaluation voices use variants that no training voice uses
+  (**leave-voices-out**).
+* **Takes.** Every voice says every word ``--takes`` times (``--eval-takes`` for evaluation voices), each take with
+  its own speed and pitch jitter and level, and optionally additive noise (white, pink or brown, at a seeded SNR)
+  and a sox reverb.
 * **Audio.** 16 kHz mono 16-bit WAV, leading and trailing silence trimmed (10 ms frames more than 40 dB below the
-  loudest frame), so durations are natural: about 0.15-0.8 s at the default speeds.
+  loudest frame), so durations are natural: about 0.15-0.9 s at the default speeds.
 
 Output ``OUT/``::
 
@@ -23,8 +26,11 @@ Output ``OUT/``::
 folder sorted by class would be). Every take is drawn from ``(seed, voice, word, take)`` alone, so the audio is the
 same whatever ``--workers``; byte-identical across machines given the same espeak-ng and sox versions.
 
-Defaults: 40 training voices and 8 evaluation voices x 10 words x 5 takes = 2,000 training and 400 evaluation
-clips. ``--shards DIR`` runs ``prep folder`` on the result.
+Defaults, sized like a small real corpus (a few speakers, many takes each, unseen speakers for evaluation): 10
+training voices x 10 words x 20 takes = 2,000 training clips, 8 evaluation voices x 10 words x 5 takes = 400
+evaluation clips; every voice with its own microphone; half the takes with noise at 10-30 dB SNR, a quarter with
+reverb. On it a logistic regression of the mean log-mel reaches about 0.72 accuracy, one that also sees simple time
+statistics about 0.94 (``benchmarks/speech_calibrate.py``). ``--shards DIR`` runs ``prep folder`` on the result.
 """
 
 from __future__ import annotations
@@ -87,14 +93,14 @@ class Settings:
     """Everything that decides the audio (saved in ``build.json``)."""
 
     words: tuple[str, ...] = DIGITS
-    train_voices: int = 40
+    train_voices: int = 10
     eval_voices: int = 8
-    takes: int = 5  # takes of every word per training voice
+    takes: int = 20  # takes of every word per training voice
     eval_takes: int = 5  # ... per evaluation voice
     seed: int = 0
     speed_wpm: tuple[float, float] = (130.0, 230.0)  # range of a voice's base speed (log-uniform)
     pitch: tuple[float, float] = (25.0, 75.0)  # range of a voice's base pitch (espeak-ng 0-99)
-    channel_prob: float = 0.0  # share of voices recorded through a coloured "microphone" (band limits + EQ)
+    channel_prob: float = 1.0  # share of voices recorded through a coloured "microphone" (band limits + EQ)
     noise_prob: float = 0.5  # share of takes with additive noise
     snr_db: tuple[float, float] = (10.0, 30.0)
     reverb_prob: float = 0.25  # share of takes with sox reverb
@@ -365,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "(or pass --shards DIR)")
     p.add_argument("--out", required=True, help="folder for audio/, clips.csv, metadata.csv, build.json")
     p.add_argument("--words", default=",".join(d.words), help="comma-separated words, one class each (default digits)")
-    p.add_argument("--train-voices", type=int, default=d.train_voices, help=f"training voices (default {d.train_voices})")
+    p.add_argument("--train-voices", type=int, default=d.train_voices,
+                   help=f"training voices (default {d.train_voices})")
     p.add_argument("--eval-voices", type=int, default=d.eval_voices,
                    help=f"held-out evaluation voices (default {d.eval_voices})")
     p.add_argument("--takes", type=int, default=d.takes, help=f"takes of each word per training voice ({d.takes})")
