@@ -19,7 +19,8 @@ Output ``OUT/``::
 
     audio/<voice>/<word>_<take>.wav
     clips.csv       path,labels,split     -> audiossl prep folder --csv OUT/clips.csv --audio-root OUT --out DIR
-    metadata.csv    path,label,split,voice,accent,variant,speed_wpm,pitch,gain_db,noise,snr_db,reverb,duration_s
+    metadata.csv    path,label,split,voice,accent,variant,speed_wpm,pitch,gain_db,noise,snr_db,reverb,channel,
+                    duration_s (one row per clip, the order of clips.csv; prep folder takes no extra columns)
     build.json      the settings, the espeak-ng and sox versions, the voices of each split
 
 ``clips.csv`` is written in a seeded shuffled order (``--csv-order class`` lists it word by word instead, as a
@@ -300,8 +301,8 @@ def build(out: str | Path, settings: Settings | None = None, csv_order: str = "s
 
     t0 = time.perf_counter()
     s = settings or Settings()
-    versions = require_tools()
     s.check()
+    versions = require_tools()
     if csv_order not in ("shuffled", "class"):
         raise UserError(f"--csv-order is 'shuffled' or 'class', got {csv_order!r}")
     root = output_dir(out)
