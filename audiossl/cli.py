@@ -66,6 +66,7 @@ register_verb("pretrain", "audiossl.train_cli:pretrain", "self-supervised pretra
 register_verb("finetune", "audiossl.train_cli:finetune", "fine-tune an encoder into a classifier (or a linear probe)")
 register_verb("probe", "audiossl.probing:main", "train a probe (CGP, linear, LCGP, Head2Toe) on a frozen encoder")
 register_verb("evaluate", "audiossl.evaluate:main", "mAP / mAUC / d-prime / accuracy of a classifier on a split")
+register_verb("compare", "audiossl.compare:main", "every objective on one encoder, data and budget: one table")
 register_verb("demo", "audiossl.demo:main", "the end-to-end demo: synthetic corpus (make demo) or your own CSV (--csv)")
 register_verb("bench", "audiossl.bench:main", "benchmarks: front end, encoder, training steps (ratios vs baselines)")
 register_verb("export", "audiossl.export:main", "checkpoint -> model.safetensors + config.json (+ ONNX)")
