@@ -251,7 +251,7 @@ def model_from_checkpoint(ckpt_or_path) -> AudioClassifier:
     objective = meta.get("objective", "")
     if isinstance(objective, dict):  # a config dict: its name or class path
         objective = objective.get("name") or objective.get("class_path") or ""
-    utterance_cls = any(n in str(objective).lower() for n in ("eat", "sslam"))  # CLS trained as the clip summary
+    utterance_cls = any(n in str(objective).lower() for n in ("eat", "sslam", "bat"))  # CLS trained as the clip summary
     pool = "cls" if encoder.num_prefix_tokens and utterance_cls else "mean"
     return AudioClassifier(encoder, head=None, front_end=front_end, pool=pool).eval()
 

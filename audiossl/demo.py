@@ -1,32 +1,42 @@
-"""``audiossl demo`` (``make demo``): the whole framework end to end on the built-in synthetic corpus, on a CPU.
+"""``audiossl demo`` (``make demo``): the whole framework end to end on a CPU, on the built-in synthetic corpus or on
+your own labelled audio (``--csv``).
 
-1. data      ``prep synth``: an unlabelled pool (2,000 clips of 2 s) and a small labelled set (400 train + 400 eval,
-             drawn with another seed), 16 sound-event classes, multi-label;
+1. data      built-in: ``prep synth``, an unlabelled pool (2,000 clips of 2 s) and a small labelled set (400 train +
+             400 eval, drawn with another seed), 16 sound-event classes, multi-label.
+             ``--csv CSV --audio-root DIR``: your clips in the ``prep folder`` CSV format (``path,labels[,split]``);
+             its ``split`` column gives ``train``/``eval``, else a seeded split stratified by label
+             (``--eval-fraction``, 20 %); rows are written in a seeded shuffled order, so a CSV listed class by
+             class does not give class-sorted shards. Pretraining uses the training clips' audio (no labels);
 2. baseline  logistic regression on each clip's mean log-mel (what a model that ignores time can do);
-3. pretrain  EAT (``configs/pretrain/eat_tiny.yaml``) on the unlabelled pool;
-4. finetune  the labelled set, three ways with the same budget: from the pretrained encoder, from scratch, and a
-             linear probe on the frozen pretrained encoder;
-5. evaluate  mAP / mAUC / d-prime / accuracy on the labelled set's eval split;
+3. pretrain  ``--objective`` (``configs/pretrain/<objective>_tiny.yaml``, or ``--pretrain-config``);
+4. finetune  the labelled set, three ways with the same budget (``--finetune-config``, ``configs/finetune/tiny.yaml``):
+             from the pretrained encoder, from scratch, and a linear probe on the frozen pretrained encoder;
+5. evaluate  mAP / mAUC / d-prime / accuracy on the evaluation split;
 6. export    the fine-tuned model to ``OUT/model`` (safetensors + config.json), loaded back to draw
 7. plots     training curves and one eval clip's mel spectrogram with its predicted labels over time;
-8. results   a table on stdout and in ``OUT/results.md`` / ``OUT/results.json``.
+8. results   a table on stdout and in ``OUT/results.md``; ``OUT/results.json`` holds ``baseline``, ``pretrained``,
+             ``scratch`` and ``linear_probe`` (each ``accuracy``, ``mAP``, ``mAUC``, ...), the settings and the
+             seconds of every stage.
 
-Longer runs give better numbers: ``--pretrain-steps``, ``--finetune-steps``, ``--unlabelled-clips``,
-``--labelled-clips``.
+Longer runs give better numbers: ``--pretrain-steps``, ``--finetune-steps`` (and, built-in, ``--unlabelled-clips``,
+``--labelled-clips``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from audiossl.errors import UserError
+
 REPO = Path(__file__).resolve().parent.parent
+OBJECTIVES = ("eat", "mae", "jepa", "sslam")
 
 
 def _configs_dir() -> Path:
@@ -57,8 +67,12 @@ class Stages:
 
 
 DEMO_RUNS = ("pretrain", "finetune/pretrained", "finetune/scratch", "finetune/linear_probe")
+# results.json key -> the table's name for it
+MODELS = {"pretrained": "fine-tuned (pretrained)", "scratch": "fine-tuned (scratch)",
+          "linear_probe": "linear probe (pretrained)"}
 
 
+# --- data --------------------------------------------------------------------------------------------------------
 def make_data(out: Path, unlabelled: int, labelled: int, eval_clips: int, workers: int) -> tuple[str, str]:
     from audiossl.data.writer import WriterOptions
     from data_prep.synth import convert
@@ -69,11 +83,94 @@ def make_data(out: Path, unlabelled: int, labelled: int, eval_clips: int, worker
     return str(pool), str(lab)
 
 
+def assign_splits(rows: list, eval_fraction: float, seed: int) -> tuple[list[str], str]:
+    """The split of every row: the CSV's own when some row says ``eval``; otherwise a seeded split stratified by the
+    label set (each label set with at least 2 rows puts ``round(fraction * n)`` of them, at least one and at most
+    ``n - 1``, into ``eval``). Returns (splits in row order, how they were chosen)."""
+    import numpy as np
+
+    if any(r.split == "eval" for r in rows):
+        return [r.split for r in rows], "the CSV's split column"
+    others = sorted({r.split for r in rows} - {"train"})
+    if others:
+        raise UserError(f"the CSV's split column names {others} but no 'eval' split: call the evaluation rows 'eval' "
+                        "(or leave the column out for a seeded 80/20 split)")
+    if not 0.0 < eval_fraction < 1.0:
+        raise UserError(f"--eval-fraction must be between 0 and 1, got {eval_fraction}")
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(tuple(sorted(r.labels)), []).append(i)
+    splits = ["train"] * len(rows)
+    rng = np.random.default_rng(seed)
+    for key in sorted(groups):
+        idx = groups[key]
+        if len(idx) < 2:
+            continue
+        n_eval = min(len(idx) - 1, max(1, int(round(eval_fraction * len(idx)))))
+        for i in rng.permutation(idx)[:n_eval]:
+            splits[int(i)] = "eval"
+    if "eval" not in splits:
+        raise UserError(f"{len(rows)} rows and no label occurs twice: nothing can be held out for evaluation; give "
+                        "the CSV a split column (train/eval)")
+    return splits, f"a seeded split stratified by label ({eval_fraction:.0%} eval, seed {seed})"
+
+
+def prepare_csv(csv_path: str, audio_root: str, out: Path, eval_fraction: float, seed: int,
+                workers: int) -> tuple[str, dict]:
+    """The user's CSV -> ``OUT/data/clips.csv`` (with splits, seeded shuffled order) -> shards in
+    ``OUT/data/labelled``. Returns (dataset folder, what was done)."""
+    import numpy as np
+
+    from audiossl.data.manifest import read_manifest
+    from audiossl.data.writer import WriterOptions
+    from data_prep.folder import convert, read_rows
+
+    rows = read_rows(csv_path)
+    if not any(r.labels for r in rows):
+        raise UserError(f"{csv_path} has no labels: the demo fine-tunes and evaluates a classifier, so its rows need "
+                        "a labels column (';'-separated class names)")
+    splits, how = assign_splits(rows, eval_fraction, seed)
+    root = Path(audio_root).resolve()
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    ours = data / "clips.csv"
+    order = np.random.default_rng(seed).permutation(len(rows))
+    with open(ours, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "labels", "split"])
+        for i in order:
+            r = rows[int(i)]
+            w.writerow([r.path, ";".join(r.labels), splits[int(i)]])
+    lab = data / "labelled"
+    report = convert(str(ours), str(root), str(lab), options=WriterOptions(workers=workers))
+    m = read_manifest(lab)
+    for split in ("train", "eval"):
+        if split not in m.splits or m.split(split).samples == 0:
+            raise UserError(f"{csv_path}: no readable clip in the {split} split (see {lab}/rejected.tsv)")
+    info = {"csv": str(csv_path), "audio_root": str(root), "splits_from": how, "prep_csv": str(ours),
+            "train_clips": m.split("train").samples, "eval_clips": m.split("eval").samples,
+            "classes": m.num_classes, "multi_label": bool(m.multi_label), "rejected": len(report.rejected)}
+    print(f"prepared {info['train_clips']} training and {info['eval_clips']} evaluation clips, {info['classes']} "
+          f"classes ({'multi' if info['multi_label'] else 'single'}-label); splits from {how}")
+    return str(lab), info
+
+
+def compute_stats(data: str) -> dict:
+    from audiossl.data.stats import compute_stats as run, write_stats
+
+    stats = run(data, "train")
+    write_stats(data, stats)
+    print(f"fbank statistics of the training clips: mean {stats['mean']:.3f}, std {stats['std']:.3f}")
+    return stats
+
+
+# --- models ------------------------------------------------------------------------------------------------------
 def baseline(labelled: str) -> dict:
-    from data_prep.synth import logreg_baseline
+    from audiossl.baseline import logreg_baseline
 
     r = logreg_baseline(labelled)
-    print(f"logistic regression on {r['features']}: eval mAP {r['map']:.3f}")
+    print(f"logistic regression on {r['features']}: eval accuracy {r['accuracy']:.3f}, mAP {r['mAP']:.3f}, "
+          f"mAUC {r['mAUC']:.3f}")
     return r
 
 
@@ -106,13 +203,12 @@ def evaluate_all(runs: dict[str, str], data: str, out: Path) -> dict[str, dict]:
     from audiossl.evaluate import evaluate
 
     results = {}
-    for name, ckpt in runs.items():
+    for key, ckpt in runs.items():
         dm = AudioDataModule(data, num_workers=0, batch_size=64)
-        folder = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "fine-tuned (pretrained)" -> fine_tuned_pretrained
-        m = evaluate(classifier_from_checkpoint(ckpt), dm, out / "eval" / folder, progress=False)
-        results[name] = {k: m[k] for k in ("mAP", "mAUC", "d_prime", "accuracy", "num_clips")}
-        print(f"{name:>22}: mAP {m['mAP']:.3f}  mAUC {m['mAUC']:.3f}  d' {m['d_prime']:.2f}  "
-              f"accuracy {m['accuracy']:.3f}  ({m['num_clips']} clips)")
+        m = evaluate(classifier_from_checkpoint(ckpt), dm, out / "eval" / key, progress=False)
+        results[key] = {k: m[k] for k in ("accuracy", "mAP", "mAUC", "d_prime", "num_clips")}
+        print(f"{MODELS[key]:>26}: accuracy {m['accuracy']:.3f}  mAP {m['mAP']:.3f}  mAUC {m['mAUC']:.3f}  "
+              f"d' {m['d_prime']:.2f}  ({m['num_clips']} clips)")
     return results
 
 
@@ -147,80 +243,134 @@ def export_and_plot(ckpt: str, labelled: str, out: Path) -> dict:
     return {"example": str(clip), "true_labels": meta["labels"], "predicted": top}
 
 
-def table(results: dict, base: dict) -> str:
-    rows = [
-        ("mean log-mel + logistic regression", base["map"], None, None),
-        *[(name, r["mAP"], r["mAUC"], r["accuracy"]) for name, r in results.items()],
-    ]
-    lines = ["| model | eval mAP | mAUC | top-1 accuracy |", "|---|---:|---:|---:|"]
-    for name, mAP, mAUC, acc in rows:
-        f = (lambda v: "" if v is None else f"{v:.3f}")
-        lines.append(f"| {name} | {mAP:.3f} | {f(mAUC)} | {f(acc)} |")
+# --- results -----------------------------------------------------------------------------------------------------
+def table(summary: dict, times: dict[str, float]) -> str:
+    """The results table: one row per model with the minutes of its own stage."""
+    stage_of = {"baseline": "baseline", "pretrained": "finetune: from the pretrained encoder",
+                "scratch": "finetune: from scratch", "linear_probe": "finetune: linear probe"}
+    names = {"baseline": "mean log-mel + logistic regression", **MODELS}
+    lines = ["| model | accuracy | mAP | mAUC | minutes |", "|---|---:|---:|---:|---:|"]
+    for key in ("baseline", "pretrained", "scratch", "linear_probe"):
+        r = summary[key]
+        minutes = next((v for k, v in times.items() if k.startswith(stage_of[key])), 0.0) / 60
+        lines.append(f"| {names[key]} | {r['accuracy']:.3f} | {r['mAP']:.3f} | {r['mAUC']:.3f} | {minutes:.1f} |")
     return "\n".join(lines)
+
+
+def stage_table(times: dict[str, float]) -> str:
+    lines = ["| stage | minutes |", "|---|---:|"]
+    lines += [f"| {name} | {sec / 60:.2f} |" for name, sec in times.items()]
+    lines.append(f"| total | {sum(times.values()) / 60:.2f} |")
+    return "\n".join(lines)
+
+
+def _metrics(r: dict) -> dict:
+    return {k: r[k] for k in ("accuracy", "mAP", "mAUC", "d_prime") if k in r}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="audiossl demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    p.add_argument("--unlabelled-clips", type=int, default=2000)
-    p.add_argument("--labelled-clips", type=int, default=400)
-    p.add_argument("--eval-clips", type=int, default=400)
-    p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    own = p.add_argument_group("your own data (instead of the synthetic corpus)")
+    own.add_argument("--csv", default=None, help="CSV of labelled clips: path,labels[,split] (the prep folder format)")
+    own.add_argument("--audio-root", default=None, help="folder the CSV paths are relative to (default: the CSV's)")
+    own.add_argument("--eval-fraction", type=float, default=0.2,
+                     help="without eval rows in the CSV: share held out, stratified by label (default 0.2)")
+    own.add_argument("--stats", action="store_true",
+                     help="normalise with the training clips' fbank mean/std (audiossl stats) instead of AudioSet's")
+    syn = p.add_argument_group("the synthetic corpus")
+    syn.add_argument("--unlabelled-clips", type=int, default=2000)
+    syn.add_argument("--labelled-clips", type=int, default=400)
+    syn.add_argument("--eval-clips", type=int, default=400)
+    rec = p.add_argument_group("recipe")
+    rec.add_argument("--objective", choices=OBJECTIVES, default="eat",
+                     help="pretraining objective: configs/pretrain/<objective>_tiny.yaml (default eat)")
+    rec.add_argument("--pretrain-config", default=None, help="pretraining YAML (overrides --objective's)")
+    rec.add_argument("--finetune-config", default=None, help="fine-tuning YAML (default configs/finetune/tiny.yaml)")
+    rec.add_argument("--pretrain-steps", type=int, default=600)
+    rec.add_argument("--finetune-steps", type=int, default=300)
+    rec.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split and of the prep order (--csv)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="processes that build the corpus (training uses one data worker beside the main process)")
     args = p.parse_args(argv)
 
     out = Path(args.out)
     cfg = _configs_dir()
+    pre_cfg = Path(args.pretrain_config) if args.pretrain_config else cfg / "pretrain" / f"{args.objective}_tiny.yaml"
+    ft_cfg = Path(args.finetune_config) if args.finetune_config else cfg / "finetune" / "tiny.yaml"
+    for path in (pre_cfg, ft_cfg):
+        if not path.is_file():
+            raise UserError(f"config {path} does not exist")
+    if args.csv is None and (args.audio_root or args.stats):
+        raise UserError("--audio-root and --stats go with --csv (your own data)")
+    if args.pretrain_steps < 1 or args.finetune_steps < 1:
+        raise UserError("--pretrain-steps and --finetune-steps must be >= 1")
     for run in DEMO_RUNS:  # the demo always trains afresh: its own run folders (and nothing else) are replaced
         if (out / "runs" / run).is_dir():
             print(f"audiossl demo: replacing the previous demo run {out / 'runs' / run}", file=sys.stderr)
             shutil.rmtree(out / "runs" / run)
     S = Stages()
-    pool, lab = S.run("data: synthetic corpus", make_data, out, args.unlabelled_clips, args.labelled_clips,
-                      args.eval_clips, args.workers)
+    data_info: dict = {}
+    if args.csv:
+        audio_root = args.audio_root or str(Path(args.csv).resolve().parent)
+        lab, data_info = S.run("data: your CSV", prepare_csv, args.csv, audio_root, out, args.eval_fraction,
+                               args.seed, args.workers)
+        pool = lab  # pretraining reads the training split's audio; its labels are not used
+        if args.stats:
+            data_info["stats"] = S.run("stats: fbank mean/std of the training clips", compute_stats, lab)
+    else:
+        pool, lab = S.run("data: synthetic corpus", make_data, out, args.unlabelled_clips, args.labelled_clips,
+                          args.eval_clips, args.workers)
     base = S.run("baseline: logistic regression on mean log-mel", baseline, lab)
-    pre = S.run("pretrain: EAT (tiny) on the unlabelled pool", pretrain, cfg / "pretrain" / "eat_tiny.yaml", pool,
-                out / "runs" / "pretrain", args.pretrain_steps, 1)
-    ft_cfg = cfg / "finetune" / "tiny.yaml"
+    pre = S.run(f"pretrain: {pre_cfg.stem} on the {'training clips' if args.csv else 'unlabelled pool'}", pretrain,
+                pre_cfg, pool, out / "runs" / "pretrain", args.pretrain_steps, 1)
     runs = {}
-    runs["fine-tuned (pretrained)"] = S.run("finetune: from the pretrained encoder", finetune, ft_cfg, lab,
-                                            out / "runs" / "finetune" / "pretrained", args.finetune_steps, 1,
-                                            "--model.init_from", pre)
-    runs["fine-tuned (scratch)"] = S.run("finetune: from scratch, same budget", finetune, ft_cfg, lab,
-                                         out / "runs" / "finetune" / "scratch", args.finetune_steps, 1)
-    runs["linear probe (pretrained)"] = S.run(
+    runs["pretrained"] = S.run("finetune: from the pretrained encoder", finetune, ft_cfg, lab,
+                               out / "runs" / "finetune" / "pretrained", args.finetune_steps, 1,
+                               "--model.init_from", pre)
+    runs["scratch"] = S.run("finetune: from scratch, same budget", finetune, ft_cfg, lab,
+                            out / "runs" / "finetune" / "scratch", args.finetune_steps, 1)
+    runs["linear_probe"] = S.run(
         "finetune: linear probe on the frozen pretrained encoder", finetune, ft_cfg, lab,
         out / "runs" / "finetune" / "linear_probe", args.finetune_steps, 1, "--model.init_from", pre,
         "--model.freeze_encoder", "true", "--model.pool", "mean", "--model.lr", "1e-2", "--model.mixup", "0",
         "--model.specaug_ratio", "0", "--model.drop_path", "0", "--model.layer_decay", "1.0")
     results = S.run("evaluate", evaluate_all, runs, lab, out)
-    example = S.run("export + plots", export_and_plot, runs["fine-tuned (pretrained)"], lab, out)
+    example = S.run("export + plots", export_and_plot, runs["pretrained"], lab, out)
 
-    md = table(results, base)
-    gain = results["fine-tuned (pretrained)"]["mAP"] - results["fine-tuned (scratch)"]["mAP"]
-    summary = {
-        "results": results,
-        "baseline_logreg_mean_logmel_mAP": base["map"],
-        "pretraining_gain_mAP": gain,
-        "settings": vars(args),
+    summary = {"baseline": {**_metrics(base), "features": base["features"], "num_train": base["num_train"],
+                            "num_eval": base["num_eval"]}}
+    summary.update({k: results[k] for k in MODELS})
+    md = table(summary, S.times)
+    gain = {m: results["pretrained"][m] - results["scratch"][m] for m in ("accuracy", "mAP")}
+    summary.update({
+        "pretraining_gain": gain,
+        "settings": {**vars(args), "pretrain_config": str(pre_cfg), "finetune_config": str(ft_cfg)},
+        "data": data_info or {"corpus": "synthetic", "unlabelled_clips": args.unlabelled_clips,
+                              "labelled_clips": args.labelled_clips, "eval_clips": args.eval_clips},
         "stage_seconds": S.times,
         "total_seconds": S.total,
         "example": example,
-    }
+    })
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if args.csv:
+        what = (f"{data_info['train_clips']} training and {data_info['eval_clips']} evaluation clips of "
+                f"{args.csv} ({data_info['classes']} classes; splits from {data_info['splits_from']}); pretraining "
+                f"{pre_cfg.stem} on the training clips ({args.pretrain_steps} steps)")
+    else:
+        what = (f"{args.unlabelled_clips} unlabelled clips for pretraining {pre_cfg.stem} ({args.pretrain_steps} "
+                f"steps), {args.labelled_clips} labelled clips for fine-tuning, {args.eval_clips} eval clips")
     (out / "results.md").write_text(
-        f"# audiossl demo\n\n{args.unlabelled_clips} unlabelled clips for pretraining ({args.pretrain_steps} steps), "
-        f"{args.labelled_clips} labelled clips for fine-tuning ({args.finetune_steps} steps each), "
-        f"{args.eval_clips} eval clips.\n\n{md}\n\nTotal {S.total / 60:.1f} min.\n"
+        f"# audiossl demo\n\n{what}; fine-tuning {ft_cfg.stem} ({args.finetune_steps} steps each).\n\n{md}\n\n"
+        f"Minutes per stage:\n\n{stage_table(S.times)}\n"
     )
     print("\n" + md)
-    print(f"\npretraining gain: {gain:+.3f} mAP (fine-tuned from the pretrained encoder minus from scratch)")
+    print(f"\npretraining gain: {gain['accuracy']:+.3f} accuracy, {gain['mAP']:+.3f} mAP (fine-tuned from the "
+          "pretrained encoder minus from scratch)")
     print(f"outputs in {out}/: results.md, results.json, eval/, model/, plots/, runs/ (TensorBoard logs)")
     print(f"total {S.total / 60:.1f} min: " + ", ".join(f"{k.split(':')[0]} {v:.0f}s" for k, v in S.times.items()))
-    if gain <= 0:
+    if gain["mAP"] <= 0:
         print("warning: pretraining did not help in this run; see README 'The demo' for longer settings",
               file=sys.stderr)
     return 0

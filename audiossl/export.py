@@ -72,10 +72,10 @@ class _OnnxGraph(nn.Module):
         self.model = model
 
     def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None):
-        emb, frames = self.model.forward_features(fbank, num_frames)  # [B, D], [B, N, D]
-        if self.model.head is None:
+        logits, emb, frames = self.model.outputs(fbank, num_frames)  # [B, C] or None, [B, D], [B, N, D]
+        if logits is None:
             return emb, frames
-        return self.model.head(emb), emb, frames
+        return logits, emb, frames
 
 
 def onnx_output_names(model: AudioClassifier) -> list[str]:

@@ -16,7 +16,9 @@ equivalent "pre-emphasise the whole waveform, then correct for the mean" is fast
 cancellation (errors ~2e-3 in log energy on plain noise).
 
 ``FrontEnd`` wraps it with the pad/crop and normalisation of the reference recipes; its config travels with every
-checkpoint and export.
+checkpoint and export. ``spectrogram: mel_db_minmax`` switches it to BAT's front end (``audiossl.mel``: centred power
+mel -> dB with a per-clip top_db floor -> per-clip min-max to [0, 1] over the real frames -> padding 0 after
+normalising; ``frame_length`` 64 ms = n_fft 1024, ``frame_shift`` 10 ms = hop 160; mean/std unused).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from audiossl.config_dict import DictConfig
+from audiossl.mel import db_minmax, mel_power
 
 # torchaudio's kaldi uses the float32 machine epsilon as the log floor, whatever the input dtype.
 _LOG_FLOOR = float(torch.finfo(torch.float32).eps)
@@ -37,6 +40,8 @@ _LOW_FREQ = 20.0
 _CHUNK_FRAMES = 2048  # frames per chunk on CPU (2048 x 512 floats = 4 MiB of FFT input)
 _MEL_GROUPS = 4
 WINDOW_TYPES = ("hanning", "povey")  # povey = hanning ** 0.85 (torchaudio's kaldi default; BEATs)
+
+SPECTROGRAMS = ("kaldi", "mel_db_minmax")
 
 # AudioSet statistics of this exact front end (AudioMAE's constants, rounded as in EAT/SSLAM).
 AUDIOSET_MEAN = -4.268
@@ -208,6 +213,8 @@ class FrontEndConfig(DictConfig):
     mask_padding: bool = True
     window_type: str = "hanning"  # "povey" for BEATs
     waveform_scale: float = 1.0  # the waveform is multiplied by this before the fbank (BEATs: 32768, int16 range)
+    spectrogram: str = "kaldi"  # "kaldi" (kaldi fbank, mean/std) or "mel_db_minmax" (BAT: audiossl.mel)
+    top_db: float = 80.0  # mel_db_minmax: dB floor below each clip's maximum
 
 
 class FrontEnd(nn.Module):
@@ -229,10 +236,24 @@ class FrontEnd(nn.Module):
             raise ValueError(f"front-end std must be positive, got {config.std}")
         if config.window_type not in WINDOW_TYPES:
             raise ValueError(f"front-end window_type must be one of {WINDOW_TYPES}, got {config.window_type!r}")
+        if config.spectrogram not in SPECTROGRAMS:
+            raise ValueError(f"spectrogram must be one of {SPECTROGRAMS}, got {config.spectrogram!r}")
         self.config = config
 
-    def fbank(self, waveforms: torch.Tensor) -> torch.Tensor:
+    @property
+    def is_mel(self) -> bool:
+        return self.config.spectrogram == "mel_db_minmax"
+
+    def _samples(self, ms: float) -> int:
+        return int(self.config.sample_rate * ms * 0.001)
+
+    def fbank(self, waveforms: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Un-normalised features ``[B, T, F]``: kaldi log-mel, or (``mel_db_minmax``) the power mel spectrogram
+        (``num_samples [B]``: each row's real length, where its centred frames reflect)."""
         c = self.config
+        if self.is_mel:
+            return mel_power(waveforms, c.sample_rate, self._samples(c.frame_length), self._samples(c.frame_shift),
+                             c.num_mel_bins, num_samples)
         if c.waveform_scale != 1.0:
             waveforms = waveforms * c.waveform_scale
         return kaldi_fbank(waveforms, c.sample_rate, c.num_mel_bins, c.frame_length, c.frame_shift,
@@ -254,7 +275,11 @@ class FrontEnd(nn.Module):
         idx = starts[:, None] + torch.arange(target, device=feats.device)  # [B, target]
         return torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[2])), starts
 
-    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+    def normalize(self, feats: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """``(x - mean) / (2 std)``; ``mel_db_minmax``: per-clip dB + min-max over each row's first ``num_frames``
+        frames (all when None), the frames after them set to 0."""
+        if self.is_mel:
+            return db_minmax(feats, self.config.top_db, num_frames)
         return (feats - self.config.mean) / (2.0 * self.config.std)
 
     def zero_padding_frames(self, feats: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
@@ -269,11 +294,14 @@ class FrontEnd(nn.Module):
         return feats * keep[..., None].to(feats.dtype)
 
     def real_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Frames of real audio for ``num_samples [B]`` samples: ``[B]`` int64 (kaldi framing; 0 below one frame)."""
+        """Frames of real audio for ``num_samples [B]`` samples: ``[B]`` int64 (kaldi framing; 0 below one frame;
+        ``mel_db_minmax``: centred frames, ``1 + n // hop``)."""
         c = self.config
         win = int(c.sample_rate * c.frame_length * 0.001)
         hop = int(c.sample_rate * c.frame_shift * 0.001)
         n = num_samples.reshape(-1).long()
+        if self.is_mel:
+            return torch.where(n > 0, torch.div(n, hop, rounding_mode="floor") + 1, torch.zeros_like(n))
         return torch.where(n >= win, torch.div(n - win, hop, rounding_mode="floor") + 1, torch.zeros_like(n))
 
     def forward(self, waveforms: torch.Tensor, random_crop: bool = False, num_samples: torch.Tensor | None = None,
@@ -286,16 +314,17 @@ class FrontEnd(nn.Module):
         """
         squeeze = waveforms.dim() == 1
         wav = waveforms[None] if squeeze else waveforms
-        feats = self.fbank(wav)
+        feats = self.fbank(wav, num_samples) if self.is_mel else self.fbank(wav)
         if num_samples is not None:
-            feats = self.zero_padding_frames(feats, num_samples.reshape(-1))
+            if not self.is_mel:  # (mel_db_minmax: padding is set to 0 after normalising)
+                feats = self.zero_padding_frames(feats, num_samples.reshape(-1))
             real = self.real_frames(num_samples).to(feats.device)
         else:
             real = torch.full((wav.shape[0],), feats.shape[1], dtype=torch.long, device=feats.device)
         feats, starts = self.pad_or_crop(feats, random_crop, generator)
         if starts is not None:
             real = real - starts
-        out = self.normalize(feats)
+        out = self.normalize(feats, real.clamp(1, self.config.target_length) if self.is_mel else None)
         if squeeze:
             out = out[0]
         if not return_frames:

@@ -220,7 +220,11 @@ class FinetuneModule(L.LightningModule):
               data_sample_rate: int | None = None, datamodule=None) -> None:
         hp = self.hparams
         enc_cfg, init_fe, init_encoder = self._encoder_config()
-        fe = data_target_length(hp.front_end, datamodule, enc_cfg.patch_size)
+        fe = dict(hp.front_end or {})
+        if init_fe and init_fe.get("spectrogram", "kaldi") != "kaldi":  # BAT's front end: keep the encoder's features
+            keep = ("spectrogram", "sample_rate", "num_mel_bins", "frame_length", "frame_shift", "top_db")
+            fe = {**{k: init_fe[k] for k in keep if k in init_fe}, **fe}
+        fe = data_target_length(fe, datamodule, enc_cfg.patch_size)
         stats = data_stats or ({"mean": init_fe["mean"], "std": init_fe["std"]} if init_fe else None)
         front_end = resolve_front_end(fe, stats)
         if init_fe is not None:

@@ -111,7 +111,7 @@ def window_batch(front_end, feats: torch.Tensor, starts: list[int],
         piece = feats[s : s + n]
         out[i, : piece.shape[0]] = piece
         real[i] = max(1, piece.shape[0])
-    return front_end.normalize(out), (real if front_end.config.mask_padding else None)
+    return front_end.normalize(out, real), (real if front_end.config.mask_padding else None)
 
 
 def cat_windows(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,6 +1,6 @@
 """Runners: a normalised fbank batch ``[B, T, F]`` (and real frames per row) through a model, in PyTorch or with
 ONNX Runtime, as ``{"logits", "embedding", "frame_embeddings"}``. A runner knows the model only by its methods
-(``forward_features``, ``head``), so this module sits below the classifier, the export and the inference code."""
+(``outputs``), so this module sits below the classifier, the export and the inference code."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ class TorchRunner:
     def run(self, fbank: torch.Tensor, want_frames: bool = False, num_frames: torch.Tensor | None = None) -> dict:
         x = fbank.to(self.device, non_blocking=True)
         n = None if num_frames is None else num_frames.to(self.device)
-        emb, frames = self.model.forward_features(x, n)
+        logits, emb, frames = self.model.outputs(x, n)
         out = {"embedding": emb.float().cpu()}
         if want_frames:
             out["frame_embeddings"] = frames.float().cpu()
-        if self.model.head is not None:
-            out["logits"] = self.model.head(emb).float().cpu()
+        if logits is not None:
+            out["logits"] = logits.float().cpu()
         return out
 
 

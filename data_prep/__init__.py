@@ -5,11 +5,12 @@
 - ``esc50``    an ``ESC-50-master`` download
 - ``audioset`` the official AudioSet segment CSVs plus a folder of downloaded clips
 - ``synth``    the procedural demo corpus
+- ``speech``   a spoken-digit benchmark synthesised with espeak-ng + sox (audio folder + CSV for ``folder``)
 
 Each runs as ``audiossl prep NAME ... --out DIR`` or ``python -m data_prep.NAME ... --out DIR``.
 """
 
-CONVERTERS = ("folder", "esc50", "audioset", "synth")
+CONVERTERS = ("folder", "esc50", "audioset", "synth", "speech")
 
 
 def report_bad_input(name: str, run) -> int:

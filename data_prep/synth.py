@@ -351,84 +351,13 @@ def convert(out: str, num_clips: int = 2000, eval_clips: int | None = None, seed
 
 
 # --- how hard is it: a linear model on clip statistics -----------------------------------------------------------
-def _clip_features(root: str, split: str, temporal: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per clip: mean log-mel [128] (plus, with ``temporal``, time statistics); multi-hot targets [C]."""
-    import json
-
-    import torch
-
-    from audiossl import audio
-    from audiossl.data.manifest import read_manifest
-    from audiossl.data.pipeline import read_shard
-    from audiossl.features import kaldi_fbank
-
-    m = read_manifest(root)
-    feats, targets = [], []
-    for shard in m.split(split).shards:
-        for _, _, members in read_shard(f"{root}/{shard.path}"):
-            wave = audio.load(members["flac"], m.sample_rate or SAMPLE_RATE)
-            fb = kaldi_fbank(wave, m.sample_rate or SAMPLE_RATE).double()  # [T, 128]
-            row = [fb.mean(0)]
-            if temporal:
-                act = (fb - fb.median(0).values).clamp_min(0)  # energy above each band's floor [T, F]
-                row += [fb.std(0), (fb[1:] - fb[:-1]).abs().mean(0)]
-                # modulation energy per 16-band group at 2-8, 8-18, 18-40 Hz (frame rate 100 Hz)
-                spec = torch.fft.rfft(act - act.mean(0), dim=0).abs() ** 2  # [T/2+1, F]
-                hz = torch.fft.rfftfreq(act.shape[0], 0.01)
-                for lo, hi in ((2, 8), (8, 18), (18, 40)):
-                    band = spec[(hz >= lo) & (hz < hi)].sum(0)  # [F]
-                    row.append(torch.log1p(band.view(8, 16).sum(1)))
-                t = torch.arange(act.shape[0], dtype=torch.float64)[:, None]
-                f = torch.arange(act.shape[1], dtype=torch.float64)[None, :]
-                w = act / (act.sum() + 1e-9)
-                ct, cf = (w * t).sum(), (w * f).sum()
-                row.append(torch.stack([((w * (t - ct) * (f - cf)).sum()) / 100.0]))  # time-frequency tilt
-            feats.append(torch.cat(row).numpy())
-            y = np.zeros(m.num_classes, dtype=np.float32)
-            y[json.loads(members["json"])["label_idx"]] = 1
-            targets.append(y)
-    return np.stack(feats), np.stack(targets)
-
-
 def logreg_baseline(root: str, temporal: bool = False) -> dict:
-    """mAP on ``eval`` of one-vs-rest logistic regressions trained on ``train``.
+    """mAP on ``eval`` of logistic regressions on each clip's mean log-mel (``temporal``: plus time statistics),
+    trained on ``train``: :func:`audiossl.baseline.logreg_baseline`, with its ``mAP`` also as ``map``."""
+    from audiossl.baseline import logreg_baseline as run
 
-    Features: each clip's mean log-mel spectrum (128 values, the kaldi fbank of the models); with ``temporal``,
-    also per-band standard deviation and mean absolute frame difference, modulation energy in three rate bands and
-    a time-frequency tilt (a model that sees some time structure). Returns ``{"map", "per_class", "features",
-    "num_train", "num_eval"}``.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import average_precision_score
-    from sklearn.preprocessing import StandardScaler
-
-    from audiossl.data.manifest import read_manifest
-
-    import torch
-
-    names = read_manifest(root).labels.names
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-clip ops: threads only add overhead (and crawl on a busy machine)
-    try:
-        xtr, ytr = _clip_features(root, "train", temporal)
-        xev, yev = _clip_features(root, "eval", temporal)
-    finally:
-        torch.set_num_threads(threads)
-    scaler = StandardScaler().fit(xtr)
-    xtr, xev = scaler.transform(xtr), scaler.transform(xev)
-    per_class = {}
-    for c, name in enumerate(names):
-        if ytr[:, c].min() == ytr[:, c].max() or yev[:, c].sum() == 0:
-            continue
-        clf = LogisticRegression(C=1.0, max_iter=2000).fit(xtr, ytr[:, c])
-        per_class[name] = float(average_precision_score(yev[:, c], clf.decision_function(xev)))
-    return {
-        "map": float(np.mean(list(per_class.values()))),
-        "per_class": per_class,
-        "features": "mean log-mel + time statistics" if temporal else "mean log-mel",
-        "num_train": len(xtr),
-        "num_eval": len(xev),
-    }
+    r = run(root, "train", "eval", temporal)
+    return {**r, "map": r["mAP"], "per_class": r["per_class_ap"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,11 @@ source's computation through ``EncoderConfig`` options; nothing here is a second
              pretrained files encoder-only models. ``--pretraining`` also writes ``OUT/pretraining.ckpt``: an
              audiossl pretraining checkpoint with the student, the CNN decoder and the EMA teacher (``_ema``), which
              ``init_from`` continues (SSLAM stage 2 from a published EAT file, as the reference does).
+``bat``      the released encoder safetensors (HF lrauch/BAT-vit-b16-pretrainedAS2M: plain ViT names + ``pre_norm``
+             + ``blocks.i.attn.gate``), ``BAT_base.pt`` (``student.encoder.*``) or BAT's trainer output (``encoder``,
+             ``--teacher``: ``ema_encoder``). Post-LN with gated attention (``attn_gate``), BAT's stored position table
+             kept as a frozen buffer (``pos_embed='sincos_bat'``), 64-patch windows (``chunk_time_patches``), BAT's
+             front end (``spectrogram='mel_db_minmax'``). Every block must carry its gate.
 ``audiomae`` timm-style ``.pth`` (``{"model": state dict}``): ``patch_embed.proj``, ``cls_token``, ``pos_embed``
              (sin-cos with a CLS row), pre-LN blocks, ``norm`` (pretrained / CLS-pooled) or ``fc_norm`` (global-pool
              fine-tuning, no final norm: ``final_norm=False``, head pool ``mean``), ``head``; decoder weights ignored.
@@ -36,6 +41,7 @@ import warnings
 from pathlib import Path
 
 from audiossl.convert.audiomae import convert_audiomae
+from audiossl.convert.bat import convert_bat, map_bat_state_dict
 from audiossl.convert.beats import convert_beats
 from audiossl.convert.common import ConversionError, ConversionReport, default_labels, read_label_names, read_weights
 from audiossl.convert.eat import convert_eat, eat_pretraining_checkpoint, map_eat_state_dict
@@ -45,11 +51,11 @@ from audiossl.export import ONNX_FILE, export_onnx, save_model
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, BEATS_MEAN, BEATS_STD
 from audiossl.models.classifier import AudioClassifier
 
-__all__ = ["FORMATS", "ConversionError", "ConversionReport", "convert", "convert_audiomae", "convert_beats", "convert_eat",
-           "convert_hf_ast", "default_labels", "eat_pretraining_checkpoint", "map_ast_state_dict", "map_eat_state_dict",
-           "read_label_names", "read_weights"]
+__all__ = ["FORMATS", "ConversionError", "ConversionReport", "convert", "convert_audiomae", "convert_bat",
+           "convert_beats", "convert_eat", "convert_hf_ast", "default_labels", "eat_pretraining_checkpoint",
+           "map_ast_state_dict", "map_bat_state_dict", "map_eat_state_dict", "read_label_names", "read_weights"]
 
-FORMATS = ("hf-ast", "eat", "sslam", "audiomae", "beats")
+FORMATS = ("hf-ast", "eat", "sslam", "audiomae", "beats", "bat")
 
 
 # --- entry points ------------------------------------------------------------------------------------------------
@@ -64,6 +70,9 @@ def convert(fmt: str, src, out_dir=None, **options) -> tuple[AudioClassifier, Co
         model, report = convert_audiomae(src, **options)
     elif fmt == "beats":
         model, report = convert_beats(src, **{k: v for k, v in options.items() if k != "patch_stride"})
+    elif fmt == "bat":
+        keep = ("labels", "num_classes", "multi_label", "num_heads", "target_length", "teacher")
+        model, report = convert_bat(src, **{k: v for k, v in options.items() if k in keep})
     else:
         raise ConversionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if out_dir is not None:
@@ -77,7 +86,8 @@ def main(argv: list[str]) -> int:
         prog="audiossl convert",
         description="Import published weights into the audiossl export format (DIR/model.safetensors + config.json). "
         "hf-ast: a transformers AST directory; eat/sslam: fairseq .pt or safetensors (HF port); audiomae: .pth; "
-        "beats: the released BEATs .pt.",
+        "beats: the released BEATs .pt; bat: the HF safetensors (directory or file), BAT_base.pt or BAT's trainer "
+        "output.",
     )
     ap.add_argument("format", choices=FORMATS)
     ap.add_argument("src", help="weights file or model directory")
@@ -88,10 +98,12 @@ def main(argv: list[str]) -> int:
     lab.add_argument("--multi-label", dest="multi_label", action="store_true", default=None, help="sigmoid outputs")
     lab.add_argument("--single-label", dest="multi_label", action="store_false", help="softmax outputs")
     ap.add_argument("--num-heads", type=int, help="attention heads when the checkpoint does not say (default dim/64)")
-    ap.add_argument("--target-length", type=int, default=1024, help="frames per input window (eat/sslam/audiomae/beats)")
+    ap.add_argument("--target-length", type=int, default=1024,
+                    help="frames per input window (eat/sslam/audiomae/beats/bat)")
     ap.add_argument("--mean", type=float, help=f"fbank normalisation mean (default {AUDIOSET_MEAN}; beats: {BEATS_MEAN})")
     ap.add_argument("--std", type=float, help=f"fbank normalisation std (default {AUDIOSET_STD}; beats: {BEATS_STD})")
     ap.add_argument("--patch-stride", type=int, help="audiomae: patch stride of overlapping-patch models (default: patch size)")
+    ap.add_argument("--teacher", action="store_true", help="bat: BAT trainer output: the EMA teacher (default: student)")
     ap.add_argument("--onnx", action="store_true", help="also write model.onnx (checked against PyTorch)")
     ap.add_argument("--pretraining", action="store_true",
                     help="eat/sslam: also write OUT/pretraining.ckpt (student + CNN decoder + EMA teacher) for "
@@ -106,6 +118,8 @@ def main(argv: list[str]) -> int:
         options.update({k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None})
         if args.format == "audiomae":
             options["patch_stride"] = args.patch_stride
+        if args.format == "bat":
+            options["teacher"] = args.teacher
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -20,6 +20,7 @@ converters:
   esc50     an ESC-50-master download: --root DIR [--esc10]
   audioset  official segment CSVs + downloaded clips: --segments CSV [CSV ...] --audio-dir DIR
   synth     the procedural demo corpus: [--num-clips N] [--seed S] [--clip-seconds 2.0]
+  speech    spoken digits in many voices (espeak-ng + sox): audio folder + CSV for folder [--shards DIR]
 
 audiossl prep NAME --help shows a converter's options."""
 

@@ -5,6 +5,9 @@
 
 Both return ``(x, h)``: the block output and the FFN output before the residual (EAT's per-layer target).
 Attention and MLP are timm's layers; attention runs through ``F.scaled_dot_product_attention`` (flash on GPUs).
+``gated=True`` (BAT) multiplies the attention output, per token and channel, by ``sigmoid(gate(x))`` of the block's
+attention input before the output projection: ``proj(SDPA(q, k, v) * sigmoid(gate(x)))`` (timm >= 1.0.28's
+``Attention(gated=True)``; the gate is a ``Linear(D, D)`` with a bias when ``qkv_bias``; keys ``attn.gate.*``).
 ``attn_mask`` (bool ``[B, 1, 1, N]``, True = this key takes part) keeps padding tokens out of every query's attention.
 
 BEATs options: ``attn`` replaces timm's attention by another module taking ``(x, attn_mask=, pos_bias=)`` (the gated
@@ -32,18 +35,22 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
         style: str = "pre",
+        *,
         attn: nn.Module | None = None,
         residual_scale: float = 1.0,
         dropout: float = 0.0,
         attn_drop: float = 0.0,
+        gated: bool = False,
     ):
         super().__init__()
         if style not in BLOCK_STYLES:
             raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {style!r}")
         self.style = style
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        if attn is not None and gated:
+            raise ValueError("gated attention is an option of the default attention, not of a replacement module")
         self.attn = attn if attn is not None else Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias,
-                                                            attn_drop=attn_drop, proj_drop=dropout)
+                                                            attn_drop=attn_drop, proj_drop=dropout, gated=gated)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=(0.0, dropout))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

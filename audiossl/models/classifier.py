@@ -3,6 +3,11 @@
 ``AudioClassifier`` is what fine-tuning trains, what export writes and what ``audiossl.load_model`` returns. It takes
 the *normalised front-end output* ``[B, T, F]``; ``model.front_end`` (a ``FrontEnd``) turns waveforms into that, so
 the whole description of the model (front end, encoder, head, label names) lives in ``model.config_dict()``.
+
+``HeadConfig.probe`` picks the head: ``linear`` (pooled token -> LayerNorm -> dropout -> Linear: fine-tuning and
+BAT's linear probe) or a probe over every block's tokens from ``audiossl.probes`` (``cgp``, ``lcgp``, ``h2t``). Either
+way ``outputs(fbank, num_frames)`` gives (logits, clip embedding, patch tokens): the runners, the ONNX graph and
+``predict``/``evaluate`` use it, so probe checkpoints export and predict like any classifier.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from audiossl import inference
 from audiossl.errors import MissingHeadError
 from audiossl.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
+from audiossl.probes import LAYER_PROBES, build_layer_probe
 
 POOLINGS = ("cls", "mean", "prefix")
 
@@ -29,7 +35,9 @@ class HeadConfig(DictConfig):
     pool: str = "cls"  # "cls": first token; "mean": mean of patch tokens; "prefix": mean of prefix tokens (AST)
     norm: bool = True  # LayerNorm before the linear layer (EAT's fc_norm)
     norm_eps: float = 1e-6
-
+    probe: str = "linear"  # "linear" (this pooled head) or a multi-block probe from audiossl.probes: cgp, lcgp, h2t
+    num_prototypes: int = 10_000  # cgp
+    dropout: float = 0.0  # before the linear layer (BAT's probes: 0.2)
 
 
 def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int,
@@ -60,12 +68,13 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {config.num_classes}")
         self.config = config
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps) if config.norm else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
         self.linear = nn.Linear(dim, config.num_classes)
         nn.init.trunc_normal_(self.linear.weight, std=0.02)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(pooled))  # [B, C]
+        return self.linear(self.dropout(self.norm(pooled)))  # [B, C]
 
 
 class AudioClassifier(nn.Module):
@@ -97,7 +106,7 @@ class AudioClassifier(nn.Module):
             self.head_config = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(dict(head))
             if pool is not None and pool != self.head_config.pool:
                 raise ValueError(f"pool={pool!r} contradicts the head's pool {self.head_config.pool!r}")
-            self.head = ClassifierHead(self.encoder.embed_dim, self.head_config)
+            self.head = self._build_head(self.head_config)
             self._pool = self.head_config.pool
         self.front_end = FrontEnd(front_end)
         if self.front_end.config.num_mel_bins != self.encoder.config.num_mel_bins:
@@ -112,9 +121,25 @@ class AudioClassifier(nn.Module):
         self.label_names = list(label_names)
         self.multi_label = bool(multi_label)
 
+    def _build_head(self, hc: HeadConfig) -> nn.Module:
+        if hc.probe == "linear":
+            return ClassifierHead(self.encoder.embed_dim, hc)
+        if hc.probe not in LAYER_PROBES:
+            raise ValueError(f"head probe must be 'linear' or one of {LAYER_PROBES}, got {hc.probe!r}")
+        if hc.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {hc.num_classes}")
+        enc = self.encoder
+        return build_layer_probe(hc.probe, enc.embed_dim, enc.config.depth, hc.num_classes, hc.num_prototypes,
+                                 hc.dropout, has_cls=enc.num_prefix_tokens > 0, norm_eps=hc.norm_eps)
+
     @property
     def has_head(self) -> bool:
         return self.head is not None
+
+    @property
+    def layered_head(self) -> bool:
+        """Whether the head reads every block's tokens (a ``cgp``/``lcgp``/``h2t`` probe) rather than one pooled token."""
+        return self.head_config is not None and self.head_config.probe != "linear"
 
     @property
     def pool(self) -> str:
@@ -151,18 +176,43 @@ class AudioClassifier(nn.Module):
         """``[B, T, F]`` -> (clip embedding ``[B, D]``, frame/patch tokens ``[B, N, D]``). ``num_frames [B]`` (real
         frames per row, ``front_end(..., return_frames=True)``) keeps padding out of attention and pooling; the patch
         tokens at padding positions are then meaningless."""
+        tokens, _, valid = self.encode(fbank, num_frames)
+        P = self.encoder.num_prefix_tokens
+        return pool_tokens(tokens, self._pool, P, valid), tokens[:, P:]
+
+    def encode(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None, layers: bool = False):
+        """(tokens ``[B, P + N, D]``, every block's output ``[B, P + N, D]`` x depth or ``None``, patch validity
+        ``[B, N]`` or ``None``)."""
         enc = self.encoder
         patches, valid = enc.embed_padded(fbank, num_frames)
-        tokens = enc.forward_tokens(patches, valid=valid)
-        P = enc.num_prefix_tokens
-        return pool_tokens(tokens, self._pool, P, valid), tokens[:, P:]
+        if not layers:
+            return enc.forward_tokens(patches, valid=valid), None, valid
+        tokens, blocks, _ = enc.forward_tokens(patches, valid=valid, return_layers=True)
+        return tokens, blocks, valid
+
+    def head_logits(self, tokens: torch.Tensor, layers: list | None, valid: torch.Tensor | None,
+                    inplace: bool = False) -> torch.Tensor:
+        """Logits from ``encode``'s outputs. ``inplace``: a multi-block probe may normalise ``layers`` in place (a
+        frozen encoder's outputs that nothing else reads)."""
+        if self.head is None:
+            raise MissingHeadError(_NO_HEAD)
+        if self.layered_head:
+            return self.head(layers, self.encoder.num_prefix_tokens, valid, inplace=inplace)
+        return self.head(pool_tokens(tokens, self._pool, self.encoder.num_prefix_tokens, valid))
+
+    def outputs(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None):
+        """(logits ``[B, C]`` or ``None`` without a head, clip embedding ``[B, D]``, patch tokens ``[B, N, D]``)."""
+        tokens, layers, valid = self.encode(fbank, num_frames, layers=self.layered_head)
+        P = self.encoder.num_prefix_tokens
+        logits = None if self.head is None else self.head_logits(tokens, layers, valid)
+        return logits, pool_tokens(tokens, self._pool, P, valid), tokens[:, P:]
 
     def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised front-end output ``[B, T, F]`` (and real frames per row ``[B]``) -> logits ``[B, num_classes]``."""
         if self.head is None:
             raise MissingHeadError(_NO_HEAD)
-        pooled, _ = self.forward_features(fbank, num_frames)
-        return self.head(pooled)
+        tokens, layers, valid = self.encode(fbank, num_frames, layers=self.layered_head)
+        return self.head_logits(tokens, layers, valid)
 
     def logits_from_audio(self, waveforms: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
         """Waveforms ``[B, N]`` at the front end's rate (``num_samples [B]``: real length of zero-padded rows) ->

@@ -32,6 +32,12 @@ Positions of a sparse sequence (``keep``). With ``sparse_positions='original'`` 
 places on the full grid: the relative bias uses their original indices, and the convolution runs over the full-length
 sequence with the dropped tokens set to zero (as padding is), read back at the kept places. ``'compact'`` is ESPnet's
 choice: both see the kept tokens as a contiguous sequence, so distances between kept tokens shrink.
+
+BAT options (``reference/methods-bat.md`` §8): ``attn_gate`` (gated attention, ``blocks.py``); ``pos_embed:
+sincos_bat``, BAT's fixed table kept as a frozen buffer ``pos_fixed [1, R, D]`` (its (8, 64) layout, ``sincos_bat``;
+imported weights keep their stored table); ``chunk_time_patches`` (BAT 64): inputs longer than that many time
+patches run as windows with positions restarting in each, their CLS averaged and their patches concatenated
+(``chunking.py``).
 """
 
 from __future__ import annotations
@@ -46,9 +52,10 @@ import torch.nn.functional as F
 from audiossl.config_dict import DictConfig
 from audiossl.errors import ConfigError
 from audiossl.models.blocks import BLOCK_STYLES, Block
+from audiossl.models.chunking import merge_chunks, split_chunks
 from audiossl.models.conv_pos import ConvPositions
 from audiossl.models.patch_embed import NormProjPatchEmbed
-from audiossl.models.pos_embed import sincos_2d, sincos_2d_traceable
+from audiossl.models.pos_embed import sincos_2d, sincos_2d_traceable, sincos_bat
 from audiossl.models.rel_pos import GatedRelPosAttention, RelativePositionBias
 
 
@@ -73,8 +80,8 @@ class EncoderConfig(DictConfig):
     patch_size: int = 16
     patch_stride: int = 16  # < patch_size gives overlapping patches (AST: 10)
     num_prefix_tokens: int = 1  # CLS (AST: 2, CLS + distillation)
-    pos_embed: str = "sincos"  # "sincos" (fixed, any length) or "learned" (a table over pos_grid, AST)
-    pos_grid: list[int] | None = None  # [time patches, freq patches] of a learned table
+    pos_embed: str = "sincos"  # "sincos" (fixed, any length), "learned" (a table over pos_grid, AST) or "sincos_bat"
+    pos_grid: list[int] | None = None  # [time patches, freq patches] of a learned table (sincos_bat: of the stored one)
     patch_order: str = "time"  # "time": index t * Fp + f ; "freq": index f * Tp + t (AST)
     pad_input: bool = True  # pad T up to a whole number of patches; False raises instead
     name: str = ""  # registry name this config came from (informational)
@@ -93,15 +100,19 @@ class EncoderConfig(DictConfig):
     layerdrop: float = 0.0  # training: skip each block with this probability (one draw for the whole batch)
     grad_decay: float = 1.0  # BEATs' layer_wise_gradient_decay_ratio: gradients x this at every block input
     partial_patch: str = "pad"  # "pad": pad T up, a partly real patch is real; "drop": floor T, it is padding
+    # --- BAT options ---
+    attn_gate: bool = False  # BAT: proj(attention * sigmoid(gate(x))), gate = Linear(D, D) per block
+    chunk_time_patches: int = 0  # BAT 64: longer inputs run in windows of this many time patches (0: never)
+
 
     def validate(self) -> None:
         if self.block_style not in BLOCK_STYLES:
             raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.pos_embed not in ("sincos", "learned", "none"):
-            raise ValueError(f"pos_embed must be 'sincos', 'learned' or 'none', got {self.pos_embed!r}")
-        if self.pos_embed == "sincos" and self.embed_dim % 4:
+        if self.pos_embed not in ("sincos", "learned", "none", "sincos_bat"):
+            raise ValueError(f"pos_embed must be 'sincos', 'learned', 'none' or 'sincos_bat', got {self.pos_embed!r}")
+        if self.pos_embed in ("sincos", "sincos_bat") and self.embed_dim % 4:
             raise ValueError(f"sin-cos positions need embed_dim divisible by 4, got {self.embed_dim}")
         if self.pos_embed == "learned" and (not self.pos_grid or len(self.pos_grid) != 2):
             raise ValueError("a learned position table needs pos_grid = [time patches, freq patches]")
@@ -124,6 +135,14 @@ class EncoderConfig(DictConfig):
         for name in ("dropout", "attn_drop", "input_dropout", "layerdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.chunk_time_patches < 0:
+            raise ValueError("chunk_time_patches must be >= 0 (0: no chunking)")
+        if (self.chunk_time_patches or self.pos_embed == "sincos_bat") and self.patch_order != "time":
+            raise ValueError("chunk_time_patches and pos_embed='sincos_bat' need patch_order='time'")
+        if self.pos_embed == "sincos_bat" and self.pos_grid is not None and len(self.pos_grid) != 2:
+            raise ValueError("pos_grid of a sincos_bat table must be [time patches, freq patches]")
+        if self.chunk_time_patches and (self.conv_pos or self.rel_pos_buckets):
+            raise ValueError("chunk_time_patches (BAT) does not combine with conv_pos / rel_pos_buckets (BEATs)")
 
 
 class AudioEncoder(nn.Module):
@@ -153,6 +172,13 @@ class AudioEncoder(nn.Module):
             self.pos_table = nn.Parameter(torch.zeros(1, c.num_prefix_tokens + gt * gf, D))
         else:
             self.pos_table = None
+        if c.pos_embed == "sincos_bat":  # a frozen table (a buffer: never trained, saved with the weights)
+            gt, gf = c.pos_grid or [c.chunk_time_patches or 64, self.num_freq_patches]
+            if gf != self.num_freq_patches:
+                raise ValueError(f"pos_grid has {gf} frequency patches, the mel bins give {self.num_freq_patches}")
+            self.register_buffer("pos_fixed", sincos_bat(D, gt * gf).float()[None])  # [1, R, D]
+        else:
+            self.pos_fixed = None
         self._sincos_cache: dict = {}
         dpr = torch.linspace(0, c.drop_path, c.depth).tolist() if c.depth else []
         self.input_drop = nn.Dropout(c.input_dropout) if c.input_dropout else nn.Identity()
@@ -166,7 +192,7 @@ class AudioEncoder(nn.Module):
             Block(D, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], c.norm_eps, c.block_style,
                   attn=GatedRelPosAttention(D, c.num_heads, c.qkv_bias, c.attn_drop, c.dropout) if c.rel_pos_buckets
                   else None,
-                  residual_scale=alpha, dropout=c.dropout, attn_drop=c.attn_drop)
+                  residual_scale=alpha, dropout=c.dropout, attn_drop=c.attn_drop, gated=c.attn_gate)
             for i in range(c.depth)
         )
         use_final_norm = c.block_style == "pre" and c.final_norm
@@ -247,9 +273,26 @@ class AudioEncoder(nn.Module):
         return table.view(gt, gf, -1).transpose(0, 1).reshape(gt * gf, -1)
 
     def patch_positions(self, gt: int, gf: int, device=None, dtype=None) -> torch.Tensor | None:
-        """Position embeddings of the patch tokens, ``[gt * gf, D]`` in patch order (``None``: ``pos_embed='none'``)."""
+        """Position embeddings of the patch tokens, ``[gt * gf, D]`` in patch order (``None``: ``pos_embed='none'``;
+        with ``chunk_time_patches``, the positions restart at every window: time patch ``t`` gets the row of
+        ``t mod chunk``)."""
         if self.config.pos_embed == "none":
             return None
+        chunk = self.config.chunk_time_patches
+        if chunk and (gt > chunk or _tracing()):
+            table = self._positions(chunk, gf, device, dtype)  # [chunk * gf, D]
+            t = torch.arange(gt, device=table.device) % chunk
+            rows = (t[:, None] * gf + torch.arange(gf, device=table.device)).reshape(-1)
+            return table[rows]
+        return self._positions(gt, gf, device, dtype)
+
+    def _positions(self, gt: int, gf: int, device=None, dtype=None) -> torch.Tensor:
+        if self.pos_fixed is not None:
+            rows = self.pos_fixed.shape[1]
+            if not _tracing() and gt * gf > rows:
+                raise ValueError(f"{gt} time patches need {gt * gf} rows of the stored position table, it has {rows}; "
+                                 f"chunk_time_patches ({self.config.chunk_time_patches}) splits longer inputs")
+            return self.pos_fixed[0, : gt * gf].to(device=device, dtype=dtype)
         if self.pos_table is None:
             if _tracing():  # ONNX/jit export: build the table from (traced) sizes so the time length stays dynamic
                 table = sincos_2d_traceable(self.embed_dim, gt, gf, device=device).to(dtype)
@@ -362,6 +405,11 @@ class AudioEncoder(nn.Module):
         ``[B, N]`` (``patch_valid``) keeps padding patches out of attention."""
         if keep is not None and (keep.dim() != 2 or keep.shape[0] != patches.shape[0]):
             raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
+        chunk = self.config.chunk_time_patches
+        long = bool(chunk) and patches.shape[1] > chunk * self.num_freq_patches
+        if keep is not None and long:
+            raise ValueError(f"token dropping (keep) needs inputs of at most chunk_time_patches={chunk} time "
+                             f"patches, got {patches.shape[1] // self.num_freq_patches}")
         positions = None
         if self.conv_pos is not None or self.rel_pos is not None:
             patches, valid, positions = self._relative_inputs(patches, keep, valid)
@@ -371,6 +419,26 @@ class AudioEncoder(nn.Module):
                 if valid is not None:
                     valid = torch.gather(valid, 1, keep)  # [B, K]
             patches = self.input_drop(patches)
+        if chunk and keep is None and (long or _tracing()):
+            return self._forward_chunked(patches, return_layers, valid)
+        return self._trunk(patches, return_layers, valid, positions)
+
+    def _forward_chunked(self, patches: torch.Tensor, return_layers: bool, valid: torch.Tensor | None):
+        """``_trunk`` over windows of ``chunk_time_patches`` time patches, folded into the batch (``chunking.py``)."""
+        B, N, _ = patches.shape
+        P = self.num_prefix_tokens
+        windows, wvalid, real, C = split_chunks(patches, valid, self.num_freq_patches, self.config.chunk_time_patches)
+        out = self._trunk(windows, return_layers, wvalid)
+        if not return_layers:
+            return merge_chunks(out, B, C, P, N, real)
+        x, layers, ffn = out
+        return (merge_chunks(x, B, C, P, N, real), [merge_chunks(h, B, C, P, N, real) for h in layers],
+                [merge_chunks(h, B, C, P, N, real) for h in ffn])
+
+    def _trunk(self, patches: torch.Tensor, return_layers: bool, valid: torch.Tensor | None,
+               positions: torch.Tensor | None = None):
+        """Prefix tokens + pre-norm + blocks (+ final norm) over ``patches [B, K, D]`` (validity ``[B, K]``;
+        ``positions``: token indices for the relative position bias)."""
         mask = self.attention_mask(valid, self.num_prefix_tokens)
         pre = self.prefix(patches.shape[0])
         x = patches if pre is None else torch.cat([pre, patches], dim=1)  # [B, P + K, D]

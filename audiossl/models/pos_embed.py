@@ -42,3 +42,18 @@ def sincos_2d_traceable(dim: int, grid_t, grid_f, device=None) -> torch.Tensor:
     emb_t = torch.cat([torch.sin(t), torch.cos(t)], dim=1)[:, None, :].expand(-1, grid_f, -1)  # [gt, gf, half]
     emb_f = torch.cat([torch.sin(f), torch.cos(f)], dim=1)[None, :, :].expand(grid_t, -1, -1)  # [gt, gf, half]
     return torch.cat([emb_f, emb_t], dim=2).reshape(-1, dim)  # rows t * grid_f + f
+
+
+def sincos_bat(dim: int, rows: int, width: int = 64) -> torch.Tensor:
+    """BAT's fixed table (``get_2d_sincos_pos_embed_flexible(dim, (8, 64))``): ``[rows, dim]`` float64 whose row ``i``
+    is ``[sincos_1d(i mod width) | sincos_1d(i div width)]``, each half ``dim / 2`` wide.
+
+    BAT builds it for a grid of 8 "rows" by 64 "columns" but flattens its time-major patches (``i = 8 t + f``) into
+    it, so for token ``(t, f)`` the first half encodes ``8 (t mod 8) + f`` and the second ``t div 8``: not the (time,
+    freq) layout of ``sincos_2d`` (they differ by up to 2.0). A prefix of the table serves shorter inputs.
+    """
+    if dim % 4:
+        raise ValueError(f"BAT's sin-cos table needs a dimension divisible by 4, got {dim}")
+    i = torch.arange(rows)
+    return torch.cat([sincos_1d(dim // 2, i % width), sincos_1d(dim // 2, torch.div(i, width, rounding_mode="floor"))],
+                     dim=1)

@@ -211,8 +211,9 @@ def data_target_length(front_end: dict | None, datamodule, patch_size: int) -> d
     unset; announced once. Without a datamodule the config's own default (1024 frames) applies."""
     fe = dict(front_end or {})
     if fe.get("target_length") is None and datamodule is not None and hasattr(datamodule, "default_target_frames"):
+        centred = fe.get("spectrogram") == "mel_db_minmax"  # BAT's frames: 1 + N // hop (no window to fit)
         fe["target_length"] = datamodule.default_target_frames(fe.get("frame_shift", 10.0), patch_size,
-                                                               fe.get("frame_length", 25.0))
+                                                               0.0 if centred else fe.get("frame_length", 25.0))
         rank_zero_info(f"front end: target_length not set, using {fe['target_length']} frames "
                        f"({datamodule.clip_seconds:g} s clips, whole {patch_size}-frame patches)")
     return fe

@@ -30,13 +30,15 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
 def layer_targets(
     layers: list[torch.Tensor], top_k: int, instance_norm: bool = True, layer_norm: bool = True,
-    valid: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None, eps: float = 1e-5,
 ) -> torch.Tensor:
     """Average of the top ``top_k`` per-layer outputs ``[B, N, D]`` (prefix tokens already removed).
 
     Each layer is instance-normalised over the token axis (per sample, per channel; ``F.instance_norm``, eps 1e-5),
     the layers are averaged in fp32, and the average is layer-normalised over channels without affine parameters —
-    EAT's ``make_targets`` with ``instance_norm_target_layer=True, layer_norm_targets=True``. With ``valid [B, N]``
+    EAT's ``make_targets`` with ``instance_norm_target_layer=True, layer_norm_targets=True``. Which per-layer outputs
+    are given is the caller's choice (EAT: FFN outputs; BAT: block outputs, ``eps`` 1e-6 in both norms). With
+    ``valid [B, N]``
     the instance norm counts real tokens only, so padding does not change the real tokens' targets.
     Returns ``[B, N, D]`` float32.
     """
@@ -47,11 +49,11 @@ def layer_targets(
     for t in picked:
         t = t.float()
         if instance_norm:
-            t = masked_instance_norm(t, valid)  # normalise each channel over (real) tokens
+            t = masked_instance_norm(t, valid, eps)  # normalise each channel over (real) tokens
         y = t if y is None else y + t
     y = y / len(picked)
     if layer_norm:
-        y = F.layer_norm(y, y.shape[-1:])
+        y = F.layer_norm(y, y.shape[-1:], eps=eps)
     return y
 
 
