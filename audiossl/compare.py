@@ -2,7 +2,7 @@
 downstream recipe for each — the table papers cannot give, since they compare objectives across code bases.
 
     audiossl compare --data ROOT_OR_CSV [--audio-root DIR] --objectives mae,eat,jepa,sslam[,beats,bat] \\
-        --budget steps:N | flops:X | seconds:S --out OUT [--recipe tiny] [--encoder depth=4,embed_dim=128,num_heads=4]
+        --budget steps:N | flops:X | seconds:S --out OUT [--recipe tiny|small] [--encoder depth=4,embed_dim=128,num_heads=4]
 
 1. data      a prepared dataset folder, or a ``prep folder`` CSV prepared as ``audiossl demo --csv`` does (its split
              column, else a seeded stratified 80/20 split); pretraining uses the training clips' audio, no labels.
@@ -46,6 +46,8 @@ from audiossl.errors import UserError
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRETRAIN_CONFIG = {"mae": "mae", "eat": "eat", "jepa": "jepa", "sslam": "sslam", "beats": "beats_iter1", "bat": "bat"}
 BUDGETS = ("steps", "flops", "seconds")
+# the encoder size every objective gets by default, per recipe (BEATs' tiny config is smaller than the others')
+RECIPE_ENCODERS = {"tiny": "depth=4,embed_dim=128,num_heads=4", "small": "depth=4,embed_dim=192,num_heads=3"}
 PROFILE_FILE = "step_profile.json"
 RESULT_FILE = "result.json"
 
@@ -226,8 +228,9 @@ def _fmt(v, spec=".3f") -> str:
 
 def markdown(summary: dict) -> str:
     b = summary["budget"]
+    enc = summary["settings"]["encoder"] or f"of the {summary['settings'].get('recipe', '')} recipe configs"
     head = (f"# audiossl compare\n\n{summary['data']['description']}; every objective pretrained for "
-            f"**{b['kind']} {b['value']:g}** ({b['note']}), encoder {summary['settings']['encoder']}, then the same "
+            f"**{b['kind']} {b['value']:g}** ({b['note']}), encoder {enc}, then the same "
             f"downstream recipe. Machine: {summary['machine']}. Total {summary['total_seconds'] / 60:.1f} min.\n\n")
     lines = ["| model | pretrain steps | GFLOP | minutes | clips/s | peak MB | fine-tune acc / mAP | "
              "linear acc / mAP | CGP acc / mAP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -269,7 +272,7 @@ def plot(summary: dict, path: Path) -> None:
 
 # --- the verb ----------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from audiossl.demo import Stages, baseline, prepare_csv
+    from audiossl.demo import Stages, baseline, config_steps, prepare_csv
 
     ap = argparse.ArgumentParser(prog="audiossl compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,10 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", default="steps:600", help="steps:N, flops:X or seconds:S per objective (default steps:600)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--recipe", default="tiny", help="config suffix: configs/{pretrain,finetune,probe}/..._RECIPE.yaml")
-    ap.add_argument("--encoder", default="depth=4,embed_dim=128,num_heads=4",
-                    help="the one encoder size for every objective (default depth=4,embed_dim=128,num_heads=4)")
-    ap.add_argument("--finetune-steps", type=int, default=300)
-    ap.add_argument("--probe-steps", type=int, default=200)
+    ap.add_argument("--encoder", default=None,
+                    help="the one encoder size for every objective, e.g. depth=4,embed_dim=128,num_heads=4 (default: "
+                         "the recipe's: " + ", ".join(f"{k} {v}" for k, v in RECIPE_ENCODERS.items()) + ")")
+    ap.add_argument("--finetune-steps", type=int, default=None,
+                    help="fine-tuning steps (default: configs/finetune/RECIPE.yaml's max_steps)")
+    ap.add_argument("--probe-steps", type=int, default=None,
+                    help="linear / CGP probe steps (default: configs/probe/RECIPE.yaml's max_steps)")
     ap.add_argument("--points", type=int, default=3, help="checkpoints along pretraining probed for the curve (>= 1)")
     ap.add_argument("--calibration-steps", type=int, default=6, help="steps of the run that sizes flops/seconds budgets")
     ap.add_argument("--no-cgp", action="store_true", help="leave out the CGP probe")
@@ -295,14 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         raise UserError(f"--objectives: unknown {unknown or names}; choose from {', '.join(PRETRAIN_CONFIG)}")
     kind, value = parse_budget(args.budget)
-    encoder = parse_encoder(args.encoder)
-    if args.points < 1 or args.finetune_steps < 1 or args.probe_steps < 1:
-        raise UserError("--points, --finetune-steps and --probe-steps must be >= 1")
+    encoder = parse_encoder(RECIPE_ENCODERS.get(args.recipe, "") if args.encoder is None else args.encoder)
     pre_cfgs = {o: CONFIGS / "pretrain" / f"{PRETRAIN_CONFIG[o]}_{args.recipe}.yaml" for o in names}
     ft_cfg, probe_cfg = CONFIGS / "finetune" / f"{args.recipe}.yaml", CONFIGS / "probe" / f"{args.recipe}.yaml"
     for path in [*pre_cfgs.values(), ft_cfg, probe_cfg]:
         if not path.is_file():
             raise UserError(f"recipe {args.recipe!r}: {path} does not exist")
+    if args.finetune_steps is None:
+        args.finetune_steps = config_steps(ft_cfg)
+    if args.probe_steps is None:
+        args.probe_steps = config_steps(probe_cfg)
+    if args.points < 1 or args.finetune_steps < 1 or args.probe_steps < 1:
+        raise UserError("--points, --finetune-steps and --probe-steps must be >= 1")
     out = Path(args.out)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)

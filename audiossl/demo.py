@@ -7,10 +7,14 @@ your own labelled audio (``--csv``).
              its ``split`` column gives ``train``/``eval``, else a seeded split stratified by label
              (``--eval-fraction``, 20 %); rows are written in a seeded shuffled order, so a CSV listed class by
              class does not give class-sorted shards. Pretraining uses the training clips' audio (no labels);
+             the fbank mean/std of the training clips normalise the features (``--no-stats``: AudioSet's);
 2. baseline  logistic regression on each clip's mean log-mel (what a model that ignores time can do);
-3. pretrain  ``--objective`` (``configs/pretrain/<objective>_tiny.yaml``, or ``--pretrain-config``);
-4. finetune  the labelled set, three ways with the same budget (``--finetune-config``, ``configs/finetune/tiny.yaml``):
-             from the pretrained encoder, from scratch, and a linear probe on the frozen pretrained encoder;
+3. pretrain  ``--objective`` (``configs/pretrain/<objective>_<recipe>.yaml``, or ``--pretrain-config``); the recipe
+             is ``tiny`` for the synthetic corpus and ``small`` (short real recordings: 64 mel bins at a 2.5 ms hop,
+             a 4 x 192 encoder) with ``--csv``;
+4. finetune  the labelled set, three ways with the same budget (``--finetune-config``,
+             ``configs/finetune/<recipe>.yaml``): from the pretrained encoder, from scratch, and a linear probe on the
+             frozen pretrained encoder;
 5. evaluate  mAP / mAUC / d-prime / accuracy on the evaluation split;
 6. export    the fine-tuned model to ``OUT/model`` (safetensors + config.json), loaded back to draw
 7. plots     training curves and one eval clip's mel spectrogram with its predicted labels over time;
@@ -18,7 +22,8 @@ your own labelled audio (``--csv``).
              ``scratch`` and ``linear_probe`` (each ``accuracy``, ``mAP``, ``mAUC``, ...), the settings and the
              seconds of every stage.
 
-Longer runs give better numbers: ``--pretrain-steps``, ``--finetune-steps`` (and, built-in, ``--unlabelled-clips``,
+Steps: 600 pretraining and 300 fine-tuning (tiny), or the recipe configs' ``max_steps`` (small); longer runs give
+better numbers: ``--pretrain-steps``, ``--finetune-steps`` (and, built-in, ``--unlabelled-clips``,
 ``--labelled-clips``).
 """
 
@@ -37,6 +42,7 @@ from audiossl.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("eat", "mae", "jepa", "sslam")
+RECIPES = ("tiny", "small")
 
 
 def _configs_dir() -> Path:
@@ -44,6 +50,21 @@ def _configs_dir() -> Path:
     if not (d / "pretrain" / "eat_tiny.yaml").is_file():
         raise SystemExit(f"audiossl demo: the recipes are not at {d}; run the demo from a checkout of the repository")
     return d
+
+
+def config_steps(path: Path) -> int:
+    """``trainer.max_steps`` of a recipe YAML."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
+    steps = trainer.get("max_steps") if isinstance(trainer, dict) else None
+    if not isinstance(steps, int):
+        raise UserError(f"{path} sets no trainer.max_steps; give --pretrain-steps/--finetune-steps")
+    return steps
 
 
 class Stages:
@@ -277,19 +298,25 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--audio-root", default=None, help="folder the CSV paths are relative to (default: the CSV's)")
     own.add_argument("--eval-fraction", type=float, default=0.2,
                      help="without eval rows in the CSV: share held out, stratified by label (default 0.2)")
-    own.add_argument("--stats", action="store_true",
-                     help="normalise with the training clips' fbank mean/std (audiossl stats) instead of AudioSet's")
+    own.add_argument("--stats", action=argparse.BooleanOptionalAction, default=None,
+                     help="normalise with the training clips' fbank mean/std (audiossl stats) instead of AudioSet's "
+                          "(default with --csv; --no-stats keeps AudioSet's)")
     syn = p.add_argument_group("the synthetic corpus")
     syn.add_argument("--unlabelled-clips", type=int, default=2000)
     syn.add_argument("--labelled-clips", type=int, default=400)
     syn.add_argument("--eval-clips", type=int, default=400)
     rec = p.add_argument_group("recipe")
     rec.add_argument("--objective", choices=OBJECTIVES, default="eat",
-                     help="pretraining objective: configs/pretrain/<objective>_tiny.yaml (default eat)")
+                     help="pretraining objective: configs/pretrain/<objective>_<recipe>.yaml (default eat)")
+    rec.add_argument("--recipe", choices=RECIPES, default=None,
+                     help="tiny (the synthetic corpus' 2 s clips; its default) or small (short real recordings: "
+                          "64 mel bins at a 2.5 ms hop, a 192-wide encoder; the default with --csv)")
     rec.add_argument("--pretrain-config", default=None, help="pretraining YAML (overrides --objective's)")
-    rec.add_argument("--finetune-config", default=None, help="fine-tuning YAML (default configs/finetune/tiny.yaml)")
-    rec.add_argument("--pretrain-steps", type=int, default=600)
-    rec.add_argument("--finetune-steps", type=int, default=300)
+    rec.add_argument("--finetune-config", default=None, help="fine-tuning YAML (default configs/finetune/<recipe>.yaml)")
+    rec.add_argument("--pretrain-steps", type=int, default=None,
+                     help="default: 600 (tiny) or the pretraining config's max_steps")
+    rec.add_argument("--finetune-steps", type=int, default=None,
+                     help="default: 300 (tiny) or the fine-tuning config's max_steps")
     rec.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split and of the prep order (--csv)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="processes that build the corpus (training uses one data worker beside the main process)")
@@ -297,13 +324,21 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     cfg = _configs_dir()
-    pre_cfg = Path(args.pretrain_config) if args.pretrain_config else cfg / "pretrain" / f"{args.objective}_tiny.yaml"
-    ft_cfg = Path(args.finetune_config) if args.finetune_config else cfg / "finetune" / "tiny.yaml"
+    if args.csv is None and (args.audio_root or args.stats is not None):
+        raise UserError("--audio-root and --stats go with --csv (your own data)")
+    args.recipe = args.recipe or ("small" if args.csv else "tiny")
+    args.stats = bool(args.csv) and args.stats is not False
+    pre_cfg = (Path(args.pretrain_config) if args.pretrain_config
+               else cfg / "pretrain" / f"{args.objective}_{args.recipe}.yaml")
+    ft_cfg = Path(args.finetune_config) if args.finetune_config else cfg / "finetune" / f"{args.recipe}.yaml"
     for path in (pre_cfg, ft_cfg):
         if not path.is_file():
             raise UserError(f"config {path} does not exist")
-    if args.csv is None and (args.audio_root or args.stats):
-        raise UserError("--audio-root and --stats go with --csv (your own data)")
+    tiny = args.recipe == "tiny"
+    if args.pretrain_steps is None:
+        args.pretrain_steps = 600 if tiny else config_steps(pre_cfg)
+    if args.finetune_steps is None:
+        args.finetune_steps = 300 if tiny else config_steps(ft_cfg)
     if args.pretrain_steps < 1 or args.finetune_steps < 1:
         raise UserError("--pretrain-steps and --finetune-steps must be >= 1")
     for run in DEMO_RUNS:  # the demo always trains afresh: its own run folders (and nothing else) are replaced

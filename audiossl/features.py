@@ -217,6 +217,13 @@ class FrontEndConfig(DictConfig):
     top_db: float = 80.0  # mel_db_minmax: dB floor below each clip's maximum
 
 
+# The settings that shape the features an encoder learns from (not target_length, mean/std or mask_padding): a
+# model fine-tuned from a pretrained encoder keeps these unless its own config sets them (waveform_scale only
+# together with the checkpoint's mean/std, since a dataset's statistics are computed at scale 1).
+FEATURE_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift", "window_type", "waveform_scale",
+                "spectrogram", "top_db")
+
+
 class FrontEnd(nn.Module):
     """Waveforms ``[B, N]`` -> normalised log-mel ``[B, target_length, num_mel_bins]``.
 

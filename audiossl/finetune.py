@@ -43,15 +43,15 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from audiossl.augment import mix_pairs, mixup, roll_and_gain, spec_augment
-from audiossl.errors import ConfigError, DatasetError
-from audiossl.features import FrontEnd
+from audiossl.errors import ConfigError
+from audiossl.features import FEATURE_KEYS, FrontEnd
 from audiossl.masking import time_freq_keep
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig, pool_tokens
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
 from audiossl.objectives.base import (
     CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, check_schedule_options, data_target_length,
-    resolve_front_end, warn_front_end_override,
+    labelled_datamodule, resolve_front_end, warn_front_end_override,
 )
 
 LAYER_DECAY_STYLES = ("eat", "beit")
@@ -150,7 +150,9 @@ class FinetuneModule(L.LightningModule):
             front_end: ``FrontEndConfig`` fields; unset ``mean``/``std`` come from the dataset's ``audiossl stats``,
                 else the ``init_from`` checkpoint, else AudioSet's (a warning names both when the dataset's override
                 the checkpoint's). ``target_length``: 1024 (AudioSet), 512 (ESC-50); left unset, it follows the
-                dataset's clip length (``data.clip_seconds``).
+                dataset's clip length (``data.clip_seconds``). The fields that shape the features
+                (``features.FEATURE_KEYS``: mel bins, frame shift and length, window, spectrogram, ...) default to the
+                ``init_from`` checkpoint's (``waveform_scale`` only when its mean/std are used too).
             pool: ``cls`` (EAT), ``mean`` over patch tokens (AudioMAE) or ``prefix`` (AST: mean of CLS + distillation).
             lr/min_lr/warmup_steps/weight_decay/betas: optimiser with linear warm-up and cosine decay to ``min_lr``.
             layer_decay: layer-wise lr decay (1.0 disables it); ``layer_decay_style``: ``eat`` or ``beit``.
@@ -221,9 +223,11 @@ class FinetuneModule(L.LightningModule):
         hp = self.hparams
         enc_cfg, init_fe, init_encoder = self._encoder_config()
         fe = dict(hp.front_end or {})
-        if init_fe and init_fe.get("spectrogram", "kaldi") != "kaldi":  # BAT's front end: keep the encoder's features
-            keep = ("spectrogram", "sample_rate", "num_mel_bins", "frame_length", "frame_shift", "top_db")
-            fe = {**{k: init_fe[k] for k in keep if k in init_fe}, **fe}
+        if init_fe:  # the features the encoder was pretrained on, unless the config says otherwise
+            keys = set(FEATURE_KEYS)
+            if data_stats or fe.get("mean") is not None or fe.get("std") is not None:
+                keys.discard("waveform_scale")  # normalised by statistics of unscaled waveforms
+            fe = {**{k: init_fe[k] for k in FEATURE_KEYS if k in keys and k in init_fe}, **fe}
         fe = data_target_length(fe, datamodule, enc_cfg.patch_size)
         stats = data_stats or ({"mean": init_fe["mean"], "std": init_fe["std"]} if init_fe else None)
         front_end = resolve_front_end(fe, stats)
@@ -264,12 +268,7 @@ class FinetuneModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is not None:
             return
-        dm = self.trainer.datamodule
-        if dm is None:
-            raise RuntimeError("FinetuneModule needs an AudioDataModule (it reads the label space from it)")
-        if dm.num_classes == 0:
-            raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); fine-tuning needs "
-                               "labelled data: prepare it with labels (e.g. a CSV with a labels column)")
+        dm = labelled_datamodule(self, "fine-tuning")
         self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
 
     @property

@@ -26,14 +26,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from audiossl.errors import DatasetError
 from audiossl.features import FrontEnd
 from audiossl.finetune import gather_strings, gather_variable
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 from audiossl.objectives.base import (
-    CHECKPOINT_FORMAT, check_sample_rate, data_target_length, resolve_front_end, total_steps, warmup_cosine,
+    CHECKPOINT_FORMAT, check_sample_rate, data_target_length, labelled_datamodule, resolve_front_end, total_steps,
+    warmup_cosine,
 )
 from audiossl.probes import NO_DECAY, asymmetric_loss
 
@@ -155,12 +155,7 @@ class ProbeModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is not None:
             return
-        dm = self.trainer.datamodule
-        if dm is None:
-            raise RuntimeError("ProbeModule needs an AudioDataModule (it reads the label space from it)")
-        if dm.num_classes == 0:
-            raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); probing needs "
-                               "labelled data")
+        dm = labelled_datamodule(self, "probing")
         self.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
 
     @property

@@ -262,6 +262,12 @@ RUNS: dict[str, tuple[str, int, int, list[str]]] = {
     "abl_no_layer_decay": ("shuffled", 0, 300, ["--model.layer_decay", "1.0"]),
     "abl_pre_ln": ("shuffled", 0, 300, ["--model.encoder", "{{name: vit_tiny, depth: 4, embed_dim: 128, num_heads: 4, "
                                         "block_style: pre}}"]),
+    "abl_lr3x": ("shuffled", 0, 300, ["--model.lr", "3e-3", "--model.min_lr", "3e-5"]),
+    # the demo's linear-probe settings on the *randomly initialised* encoder (frozen): can the LayerNorm + Linear
+    # head read what a standardised logistic regression reads from the same features (``init_probe``)?
+    "probe_random_init": ("shuffled", 0, 300, ["--model.freeze_encoder", "true", "--model.pool", "mean",
+                                               "--model.lr", "1e-2", "--model.mixup", "0", "--model.specaug_ratio",
+                                               "0", "--model.drop_path", "0", "--model.layer_decay", "1.0"]),
     "abl_1500_steps": ("shuffled", 0, 1500, []),
 }
 
@@ -372,6 +378,42 @@ def representation(model, data: str, clips: int = 128, unpadded: bool = False) -
             "embedding_std_over_norm": float(pooled.std(0).norm() / pooled.mean(0).norm().clamp_min(1e-12))}
 
 
+def init_probe(data: str, max_train: int = 2000, model=None) -> dict:
+    """Logistic regression (standardised) on a frozen encoder's embeddings (default: freshly initialised): how much
+    of the word the head could read at step 0 through each pooling: CLS, mean of all patch tokens (padding
+    included), mean of the patch tokens that hold real audio."""
+    from audiossl.baseline import fit_and_score
+    from audiossl.data import AudioDataModule
+
+    model = (model or _fresh_model()).eval()
+    P = model.encoder.num_prefix_tokens
+    feats: dict[str, dict[str, list]] = {}
+    for split in ("train", "eval"):
+        dm = AudioDataModule(data, num_workers=0, batch_size=100, clip_seconds=1.92, eval_split=split)
+        dm.setup("validate")
+        rows: dict[str, list] = {"cls": [], "mean_all": [], "mean_real": [], "y": []}
+        with torch.no_grad():
+            for b in dm.val_dataloader():
+                x = model.front_end(b["audio"], num_samples=b["num_samples"])
+                tok = model.encoder(x)  # [B, 1 + 96, D]
+                frames = torch.clamp((b["num_samples"] - 400) // 160 + 1, min=0)
+                t_real = torch.ceil(frames / 16).clamp(max=12)
+                real = (torch.arange(12)[None, :] < t_real[:, None]).repeat_interleave(8, dim=1).float()  # [B, 96]
+                rows["cls"].append(tok[:, 0])
+                rows["mean_all"].append(tok[:, P:].mean(1))
+                rows["mean_real"].append((tok[:, P:] * real[..., None]).sum(1) / real.sum(1, keepdim=True))
+                rows["y"].append(b["target"])
+                if split == "train" and sum(len(y) for y in rows["y"]) >= max_train:
+                    break
+        feats[split] = {k: torch.cat(v).numpy() for k, v in rows.items()}
+    out = {}
+    ytr = np.eye(10)[feats["train"]["y"]]
+    for k in ("cls", "mean_all", "mean_real"):
+        scores = fit_and_score(feats["train"][k], ytr, feats["eval"][k], multi_label=False)
+        out[k] = float((scores.argmax(1) == feats["eval"]["y"]).mean())
+    return out
+
+
 def init_variants(data: str, stats: dict) -> dict:
     """``representation`` of freshly initialised models: as shipped, and with one thing changed."""
     return {
@@ -469,20 +511,48 @@ def summarise_run(work: Path, name: str) -> dict:
     return out
 
 
+def train_accuracy(work: Path, name: str) -> float:
+    """The final model's accuracy on the training clips (no augmentation): fitting vs generalising."""
+    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.data import AudioDataModule
+    from audiossl.evaluate import evaluate
+
+    model = classifier_from_checkpoint(str(work / "runs" / name / "finetune" / "checkpoints" / "last.ckpt"))
+    dm = AudioDataModule(str(work / "shards_shuffled"), num_workers=0, batch_size=64, eval_split="train",
+                         clip_seconds=model.front_end.config.target_length / 100)
+    return float(evaluate(model, dm, work / "runs" / name / "eval_train", progress=False)["accuracy"])
+
+
 def phase_report(work: Path, state: dict) -> None:
     data = str(work / "shards_shuffled")
-    state["representation_at_init"] = init_variants(data, state["data_stats"])
-    for name in state.get("runs", {}):
-        state["runs"][name]["summary"] = summarise_run(work, name)
-        state["runs"][name]["representation"] = representation(
-            str(work / "runs" / name / "finetune" / "checkpoints" / "last.ckpt"), data)
-    print("| run | data | eval accuracy | mAP | loss 0-25 | loss 200-300 | minutes |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    if "representation_at_init" not in state:
+        state["representation_at_init"] = init_variants(data, state["data_stats"])
+    if "linear_probe_at_init" not in state:
+        state["linear_probe_at_init"] = init_probe(data)
+    for name, run in state.get("runs", {}).items():
+        run["summary"] = summarise_run(work, name)
+        if "representation" not in run:
+            run["representation"] = representation(
+                str(work / "runs" / name / "finetune" / "checkpoints" / "last.ckpt"), data)
+        if "train_accuracy" not in run:
+            run["train_accuracy"] = train_accuracy(work, name)
+        if run.get("pretrain_steps") and "pretrained_representation" not in run:
+            from audiossl.checkpoint import encoder_from_checkpoint
+
+            enc, _ = encoder_from_checkpoint(str(work / "runs" / name / "pretrain" / "checkpoints" / "last.ckpt"))
+            model = _fresh_model()
+            model.encoder.load_state_dict(enc.state_dict())
+            run["pretrained_representation"] = representation(model, data)
+            run["pretrained_linear_probe_sklearn"] = init_probe(data, model=model)
+    print("| run | data | eval accuracy | mAP | train accuracy | loss 0-25 | loss 200-300 | CLS spread | minutes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in state.get("runs", {}).items():
         lw = r["summary"].get("finetune", {}).get("loss_by_window", {})
         mins = (r.get("pretrain_seconds", 0) + r["finetune_seconds"]) / 60
         print(f"| {name} | {r['data']} | {r['eval']['accuracy']:.3f} | {r['eval']['mAP']:.3f} | "
-              f"{lw.get('0-25', float('nan')):.3f} | {lw.get('200-300', float('nan')):.3f} | {mins:.1f} |")
+              f"{r['train_accuracy']:.3f} | {lw.get('0-25', float('nan')):.3f} | "
+              f"{lw.get('200-300', float('nan')):.3f} | {r['representation']['embedding_std_over_norm']:.3f} | "
+              f"{mins:.1f} |")
 
 
 def _save(work: Path, state: dict) -> None:

@@ -70,11 +70,11 @@ def test_demo_on_own_csv_with_seeded_stratified_split(tmp_path, capsys):
         csv.writer(f).writerows([("path", "labels"), *rows])
     out = tmp_path / "out"
     assert main(["--csv", str(tmp_path / "mine.csv"), "--audio-root", str(audio), "--out", str(out),
-                 "--pretrain-steps", "2", "--finetune-steps", "2", "--workers", "1", "--objective", "mae",
-                 "--stats"]) == 0
+                 "--pretrain-steps", "2", "--finetune-steps", "2", "--workers", "1", "--objective", "mae"]) == 0
     res = _check_results(out, 6)  # 2 of each class's 10
     assert res["data"]["train_clips"] == 24 and res["data"]["classes"] == 3 and not res["data"]["multi_label"]
-    assert "stratified" in res["data"]["splits_from"] and res["settings"]["pretrain_config"].endswith("mae_tiny.yaml")
+    assert "stratified" in res["data"]["splits_from"] and res["settings"]["pretrain_config"].endswith("mae_small.yaml")
+    assert res["settings"]["recipe"] == "small" and res["settings"]["finetune_config"].endswith("finetune/small.yaml")
     written = list(csv.DictReader(open(out / "data" / "clips.csv")))
     assert sorted(r["path"] for r in written) == sorted(p for p, _ in rows)
     labels = [r["labels"] for r in written]
@@ -82,8 +82,22 @@ def test_demo_on_own_csv_with_seeded_stratified_split(tmp_path, capsys):
     evals = [r for r in written if r["split"] == "eval"]
     assert sorted(r["labels"] for r in evals) == ["high"] * 2 + ["low"] * 2 + ["noise"] * 2
     manifest = json.loads((out / "data" / "labelled" / "manifest.json").read_text())
-    assert manifest["stats"]["mean"] < 0  # --stats: the training clips' own fbank statistics, used by training
+    assert manifest["stats"]["mean"] < 0  # with --csv: the training clips' own fbank statistics, used by training
     assert "mine.csv" in (out / "results.md").read_text()
+
+
+def test_recipe_options_and_their_errors(tmp_path):
+    from audiossl.demo import REPO, config_steps
+
+    assert config_steps(REPO / "configs" / "finetune" / "small.yaml") == 400
+    (tmp_path / "nosteps.yaml").write_text("model: {}\n")
+    with pytest.raises(UserError, match="max_steps"):
+        config_steps(tmp_path / "nosteps.yaml")
+    for extra in (["--stats"], ["--no-stats"]):  # statistics go with --csv (the synthetic corpus keeps AudioSet's)
+        with pytest.raises(UserError, match="go with --csv"):
+            main(["--out", str(tmp_path / "x"), *extra])
+    with pytest.raises(UserError, match="does not exist"):
+        main(["--out", str(tmp_path / "x"), "--recipe", "small", "--objective", "eat", "--finetune-config", "nope.yaml"])
 
 
 def _row(i, labels, split="train"):

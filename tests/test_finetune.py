@@ -381,6 +381,31 @@ def test_dataset_stats_overriding_the_checkpoint_front_end_warn(pretrained):
             16, [str(i) for i in range(16)], True, {"mean": -5.0, "std": 4.0})
 
 
+def test_the_features_the_encoder_was_pretrained_on_carry_over_unless_the_config_sets_them(tmp_path):
+    """An encoder pretrained on 64 mel bins at a 5 ms hop with the povey window is fine-tuned on the same features; a
+    setting the fine-tuning config gives still wins."""
+    from audiossl.export import save_model
+    from audiossl.models.classifier import AudioClassifier
+
+    enc = {"name": "vit_base", "depth": 1, "embed_dim": 32, "num_heads": 2, "num_mel_bins": 64}
+    fe = {"target_length": 64, "num_mel_bins": 64, "frame_shift": 5.0, "window_type": "povey",
+          "waveform_scale": 32768.0, "mean": 15.4, "std": 6.5}
+    save_model(AudioClassifier(enc, head=None, front_end=fe), tmp_path / "enc")
+    m = FinetuneModule(init_from=str(tmp_path / "enc"), front_end={"target_length": 32})
+    m.build(3, list("abc"), False, None)
+    c = m.model.front_end.config
+    assert (c.num_mel_bins, c.frame_shift, c.window_type, c.target_length) == (64, 5.0, "povey", 32)
+    assert (c.waveform_scale, c.mean, c.std) == (32768.0, 15.4, 6.5)  # BEATs-style: the scale its mean/std go with
+    with pytest.warns(UserWarning, match="statistics"):  # the dataset's statistics (of unscaled waveforms) replace them
+        m = FinetuneModule(init_from=str(tmp_path / "enc"))
+        m.build(3, list("abc"), False, {"mean": -6.9, "std": 4.4})
+    c = m.model.front_end.config
+    assert (c.waveform_scale, c.mean, c.num_mel_bins, c.window_type) == (1.0, -6.9, 64, "povey")
+    m = FinetuneModule(init_from=str(tmp_path / "enc"), front_end={"window_type": "hanning"})
+    m.build(3, list("abc"), False, None)
+    assert (m.model.front_end.config.window_type, m.model.front_end.config.frame_shift) == ("hanning", 5.0)
+
+
 def test_final_norm_override_and_head_init(tmp_path):
     """AudioMAE's fine-tuning model: ``del self.norm`` (mean pool -> fc_norm -> head), head trunc-normal std 2e-5."""
     from audiossl.export import save_model

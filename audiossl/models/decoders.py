@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiossl.models.blocks import Block
-from audiossl.models.pos_embed import sincos_2d
+from audiossl.models.pos_embed import CachedSinCos2d
 
 
 def scatter_to_grid(visible: torch.Tensor, keep: torch.Tensor, num_patches: int, fill: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ class CNNDecoder2d(nn.Module):
         return self.proj(x)
 
 
-class TokenDecoder(nn.Module):
+class TokenDecoder(CachedSinCos2d, nn.Module):
     def __init__(self, in_dim: int, dim: int = 512, depth: int = 8, num_heads: int = 16, out_dim: int | None = None,
                  mlp_ratio: float = 4.0):
         super().__init__()
@@ -85,13 +85,6 @@ class TokenDecoder(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        self._pos_cache: dict = {}
-
-    def positions(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
-        key = (grid, device, dtype)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_2d(self.dim, *grid).to(device=device, dtype=dtype)
-        return self._pos_cache[key]
 
     def forward(self, visible: torch.Tensor, keep: torch.Tensor, query: torch.Tensor, grid: tuple[int, int],
                 valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,6 +30,20 @@ def sincos_2d(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, f), sincos_1d(dim // 2, t)], dim=1)
 
 
+class CachedSinCos2d:
+    """Mixin for decoders over a patch grid: ``positions(grid, device, dtype)`` -> ``sincos_2d(self.dim, *grid)``,
+    built once per grid, device and dtype."""
+
+    dim: int
+
+    def positions(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_pos_cache", {})
+        key = (grid, device, dtype)
+        if key not in cache:
+            cache[key] = sincos_2d(self.dim, *grid).to(device=device, dtype=dtype)
+        return cache[key]
+
+
 def sincos_2d_traceable(dim: int, grid_t, grid_f, device=None) -> torch.Tensor:
     """``sincos_2d`` built from broadcasts of ``arange(grid_t)`` / ``arange(grid_f)`` (float64, same values), so a
     traced graph keeps ``grid_t`` symbolic (ONNX export with a dynamic time length). ``[grid_t * grid_f, dim]``."""

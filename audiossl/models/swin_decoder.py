@@ -23,14 +23,12 @@ windows wrap around the padded grid, so its first rows are grouped alone either 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from audiossl.models.init import xavier_linears_
-from audiossl.models.pos_embed import sincos_2d
+from audiossl.models.pos_embed import CachedSinCos2d
 
 _SHIFT_MASK = -100.0  # the reference's value between wrapped regions
 _PAD_MASK = -1.0e4  # padding keys: exp() underflows to 0 next to any real key
@@ -146,7 +144,7 @@ class SwinBlock(nn.Module):
         return x + self.norm2(self.fc2(F.gelu(self.fc1(x))))
 
 
-class SwinDecoder(nn.Module):
+class SwinDecoder(CachedSinCos2d, nn.Module):
     """MAE decoder with local windows; ``TokenDecoder``'s interface: ``(visible, keep, query, grid, valid)``."""
 
     def __init__(self, in_dim: int, dim: int = 512, depth: int = 16, num_heads: int = 16, out_dim: int | None = None,
@@ -163,13 +161,6 @@ class SwinDecoder(nn.Module):
         self.head = nn.Linear(dim, out_dim or in_dim)
         nn.init.normal_(self.mask_token, std=0.02)
         xavier_linears_(self)
-        self._pos_cache: dict = {}
-
-    def positions(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
-        key = (grid, device, dtype)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_2d(self.dim, *grid).to(device=device, dtype=dtype)
-        return self._pos_cache[key]
 
     def geometry(self, grid: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """(shift of the odd blocks, grid padded to whole windows)."""

@@ -205,15 +205,28 @@ def check_sample_rate(data_rate: int | None, front_end: FrontEndConfig, where: s
         )
 
 
+def labelled_datamodule(module, needs: str):
+    """The trainer's datamodule of a fine-tuning or probing module, checked to hold labels (both read the label space
+    from it); ``needs`` names the job in the error."""
+    dm = module.trainer.datamodule
+    if dm is None:
+        raise RuntimeError(f"{type(module).__name__} needs an AudioDataModule (it reads the label space from it)")
+    if dm.num_classes == 0:
+        raise DatasetError(f"{dm.root} has no labels (an unlabelled, pretraining-only dataset); {needs} needs labelled "
+                           "data: prepare it with labels (e.g. a CSV with a labels column)")
+    return dm
+
+
 def data_target_length(front_end: dict | None, datamodule, patch_size: int) -> dict:
     """``front_end`` with ``target_length`` chosen from the dataset's clip length (``AudioDataModule``'s
     ``default_target_frames``: its ``clip_seconds`` in frames, rounded up to whole patches) when the config leaves it
     unset; announced once. Without a datamodule the config's own default (1024 frames) applies."""
     fe = dict(front_end or {})
     if fe.get("target_length") is None and datamodule is not None and hasattr(datamodule, "default_target_frames"):
-        centred = fe.get("spectrogram") == "mel_db_minmax"  # BAT's frames: 1 + N // hop (no window to fit)
-        fe["target_length"] = datamodule.default_target_frames(fe.get("frame_shift", 10.0), patch_size,
-                                                               0.0 if centred else fe.get("frame_length", 25.0))
+        typed = FrontEndConfig.from_dict(fe)  # dotted command-line overrides arrive as text
+        centred = typed.spectrogram == "mel_db_minmax"  # BAT's frames: 1 + N // hop (no window to fit)
+        fe["target_length"] = datamodule.default_target_frames(typed.frame_shift, patch_size,
+                                                               0.0 if centred else typed.frame_length)
         rank_zero_info(f"front end: target_length not set, using {fe['target_length']} frames "
                        f"({datamodule.clip_seconds:g} s clips, whole {patch_size}-frame patches)")
     return fe

@@ -92,3 +92,13 @@ def test_the_chosen_clip_seconds_is_saved_in_hparams_yaml_and_the_checkpoint(var
     trainer.save_checkpoint(tmp_path / "x.ckpt")
     ckpt = torch.load(tmp_path / "x.ckpt", weights_only=True)
     assert ckpt["datamodule_hyper_parameters"]["clip_seconds"] == pytest.approx(2.3)
+
+
+def test_the_front_end_window_follows_a_frame_shift_given_as_text(varied):
+    """``--model.front_end.frame_shift 5`` reaches the front-end dict as the text '5'; the window uses the number."""
+    from audiossl.objectives.base import data_target_length
+
+    dm = AudioDataModule(str(varied), clip_seconds=1.0)
+    fe = data_target_length({"frame_shift": "5", "frame_length": "25"}, dm, 16)
+    assert fe["target_length"] == dm.default_target_frames(frame_shift_ms=5.0, patch_size=16) == 208  # 196 -> 13 x 16
+    assert fe["frame_shift"] == "5"  # the rest of the dict is left for FrontEndConfig to type
