@@ -164,7 +164,8 @@ def pretrain_run(cfg: Path, data: str, run: Path, steps: int, encoder: dict, see
         return r
     args = [sys.executable, "-m", "audiossl", "pretrain", "--config", str(cfg), "--data.root", data,
             "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(run), "--seed_everything", str(seed),
-            "--data.seed", str(seed), "--data.num_workers", str(workers), "--checkpoint_every_n_steps",
+            "--data.seed", str(seed), "--model.init_args.seed", str(seed), "--data.num_workers", str(workers),
+            "--checkpoint_every_n_steps",
             str(checkpoint_every), "--trainer.log_every_n_steps", str(max(1, min(10, steps // 10))),
             "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=audiossl.compare.StepProfile"]
     for k, v in encoder.items():
@@ -192,7 +193,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
     from audiossl.demo import finetune
     from audiossl.evaluate import evaluate
 
-    common = ["--seed_everything", str(seed), "--data.seed", str(seed)]
+    common = ["--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed)]
     done = _progress(run)
     if 0 < done < steps:  # interrupted: resume
         common += ["--ckpt_path", "last"]

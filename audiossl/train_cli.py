@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from audiossl.data import AudioDataModule
-from audiossl.errors import UserError
+from audiossl.errors import ConfigError, UserError
 
 
 def init_parameters(cls) -> list[str]:
@@ -268,6 +268,17 @@ def user_error_in_chain(exc: BaseException) -> UserError | None:
     return None
 
 
+def check_seeds(model, datamodule) -> None:
+    """The model's ``seed`` (augmentation, masks) and the data's (stream order) are both logged as ``seed``, and
+    Lightning refuses two different values under one name: say so before training, with the two flags."""
+    ours = getattr(model, "hparams", {}).get("seed")
+    data = getattr(datamodule, "hparams", {}).get("seed") if datamodule is not None else None
+    if ours is not None and data is not None and int(ours) != int(data):
+        raise ConfigError(f"the data's seed ({data}) and the model's seed ({ours}) differ; Lightning logs both as "
+                          "'seed' and cannot keep two values: give both the same value (--data.seed and --model.seed, "
+                          "or --model.init_args.seed for pretraining)")
+
+
 def run(model_class, argv: list[str], default_root: str, subclass_mode: bool, keep_best: bool = False) -> int:
     try:
         cli = build_cli(model_class, argv, default_root, subclass_mode, keep_best)
@@ -276,6 +287,7 @@ def run(model_class, argv: list[str], default_root: str, subclass_mode: bool, ke
         if user is None:
             raise
         raise user from None
+    check_seeds(cli.model, cli.datamodule)
     ckpt_path = _ckpt_path(cli)
     if ckpt_path is None:
         check_run_dir(cli.trainer.default_root_dir)

@@ -76,6 +76,9 @@ def test_verbs_report_user_errors_in_one_line(files, synth_root, pretrained, cap
     assert "not a torch checkpoint" in one_error_line(
         capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), "--data.root", synth_root,
                              "--model.init_from", files["wav"]])
+    msg = one_error_line(capsys, "finetune", ["--config", config("finetune", "tiny.yaml"), "--data.root", synth_root,
+                                              "--data.seed", "1", "--trainer.default_root_dir", str(files["tmp"] / "s")])
+    assert "the data's seed (1) and the model's seed (0) differ" in msg and "--model.seed" in msg
     if not torch.cuda.is_available():
         msg = one_error_line(capsys, "evaluate", ["--ckpt_path", pretrained, *ev, "--device", "cuda"])
         assert "no CUDA GPU" in msg
