@@ -42,6 +42,7 @@ import lightning as L
 import torch
 
 from audiossl.errors import UserError
+from audiossl.evaluate import json_safe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRETRAIN_CONFIG = {"mae": "mae", "eat": "eat", "jepa": "jepa", "sslam": "sslam", "beats": "beats_iter1", "bat": "bat"}
@@ -152,7 +153,7 @@ def _progress(run: Path) -> int:
 
 
 def _finish(run: Path, result: dict) -> dict:
-    (run / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (run / RESULT_FILE).write_text(json.dumps(json_safe(result), indent=1, default=str, allow_nan=False) + "\n")
     return result
 
 
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": S.total,
         "stage_seconds": S.times,
     }
-    (out / "compare.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    (out / "compare.json").write_text(json.dumps(json_safe(summary), indent=1, default=str, allow_nan=False) + "\n")
     (out / "compare.md").write_text(markdown(summary))
     plot(summary, out / "compare.png")
     print("\n" + markdown(summary))

@@ -388,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": S.total,
         "example": example,
     })
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    from audiossl.evaluate import json_safe
+
+    (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False) + "\n")
     if args.csv:
         what = (f"{data_info['train_clips']} training and {data_info['eval_clips']} evaluation clips of "
                 f"{args.csv} ({data_info['classes']} classes; splits from {data_info['splits_from']}); pretraining "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -65,14 +66,19 @@ def predict_split(model, loader, device: torch.device, progress: bool = True) ->
     return keys, torch.cat(scores), torch.cat(targets)
 
 
-def _json_number(v):
-    """NaN (a metric undefined on this data, e.g. mAUC when no class has both positives and negatives) -> null."""
-    return None if isinstance(v, float) and v != v else v
+def json_safe(v):
+    """Strict-JSON values: NaN (a metric undefined on this data, e.g. mAUC when no class has both positives and
+    negatives) and infinities (d' of a perfect ranking, AUC 1) -> None (null), through dicts and lists."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def write_outputs(out: Path, metrics: dict, keys, scores, targets, label_names) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    summary = {k: _json_number(v) for k, v in metrics.items() if not k.startswith("per_class")}
+    summary = {k: json_safe(v) for k, v in metrics.items() if not k.startswith("per_class")}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     np.savez(out / "predictions.npz", keys=np.array(keys), scores=scores.numpy(), targets=targets.numpy())
     t = targets
@@ -133,7 +139,7 @@ def label_checkpoints(out: Path, ckpt_path: str, best: dict | None = None, best_
     summary["checkpoint"] = {"path": str(ckpt_path), "step": checkpoint_step(ckpt_path),
                              "selection": "none (the checkpoint given, normally the last)"}
     if best is not None:
-        summary["best_test_selected"] = {**{k: _json_number(best[k]) for k in HEADLINE}, "path": str(best_path),
+        summary["best_test_selected"] = {**{k: json_safe(best[k]) for k in HEADLINE}, "path": str(best_path),
                                          "step": checkpoint_step(best_path), "selection": SELECTION_NOTE}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary

@@ -243,3 +243,18 @@ def test_fine_tuning_resume_checks_labels_and_encoder(synth_root, tmp_path, caps
     assert "is a classifier of 16 labels, the dataset" in msg and "has 1" in msg
     msg = one_error_line(capsys, "finetune", [*resume, "--data.root", synth_root, "--model.encoder.depth", "2"])
     assert "another encoder" in msg and "depth: checkpoint 4 vs this run 2" in msg
+
+
+def test_metrics_json_is_strict_json_when_the_ranking_is_perfect(tmp_path):
+    """AUC 1 gives d' = inf; metrics.json (and the demo's results.json, through the same json_safe) writes null."""
+    from audiossl.evaluate import json_safe, write_outputs
+    from audiossl.metrics import classification_metrics
+
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.7]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    m = classification_metrics(scores, targets)
+    assert m["mAUC"] == 1.0 and m["d_prime"] == float("inf")
+    write_outputs(tmp_path, m, ["a", "b"], scores, targets, ["x", "y"])
+    summary = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert summary["d_prime"] is None and summary["mAUC"] == 1.0
+    assert json_safe({"a": [float("nan"), 1.0, (float("-inf"),)]}) == {"a": [None, 1.0, [None]]}
