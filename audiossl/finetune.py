@@ -50,7 +50,7 @@ from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig, pool_tokens
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
 from audiossl.objectives.base import (
-    CHECKPOINT_FORMAT, adamw_warmup_cosine, check_sample_rate, check_schedule_options, data_target_length,
+    CHECKPOINT_FORMAT, SeededSteps, adamw_warmup_cosine, check_sample_rate, check_schedule_options, data_target_length,
     labelled_datamodule, resolve_front_end, warn_front_end_override,
 )
 
@@ -100,7 +100,7 @@ def gather_variable(module: L.LightningModule, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[r, : sizes[r]] for r in range(len(sizes))])
 
 
-class FinetuneModule(L.LightningModule):
+class FinetuneModule(SeededSteps, L.LightningModule):
     def __init__(
         self,
         encoder: dict | None = None,
@@ -276,18 +276,6 @@ class FinetuneModule(L.LightningModule):
         return self.model.front_end
 
     # --- the step ------------------------------------------------------------------------------------------------
-    def step_generator(self, batch_idx: int) -> torch.Generator:
-        accum = int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1)
-        micro = int(self.global_step) * accum + batch_idx % accum
-        g = torch.Generator(device=self.device)
-        g.manual_seed((int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62))
-        return g
-
-    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
-        """Waveforms ``[B, N]`` -> (normalised fbank ``[B, T, F]`` in fp32, real frames ``[B]`` or ``None``)."""
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
-
     def soft_targets(self, target: torch.Tensor) -> torch.Tensor:
         """Multi-hot stays; class indices -> one-hot, with label smoothing only under ``smoothing_under_mixup``
         (EAT's ``mixup_target`` leaves the targets unsmoothed; timm's Mixup smooths them)."""

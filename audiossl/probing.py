@@ -32,8 +32,8 @@ from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 from audiossl.objectives.base import (
-    CHECKPOINT_FORMAT, check_sample_rate, data_target_length, labelled_datamodule, resolve_front_end, total_steps,
-    warmup_cosine,
+    CHECKPOINT_FORMAT, SeededSteps, check_sample_rate, data_target_length, labelled_datamodule, resolve_front_end,
+    total_steps, warmup_cosine,
 )
 from audiossl.probes import NO_DECAY, asymmetric_loss
 
@@ -61,7 +61,7 @@ def probe_param_groups(named: list[tuple[str, torch.Tensor]], weight_decay: floa
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-class ProbeModule(L.LightningModule):
+class ProbeModule(SeededSteps, L.LightningModule):
     def __init__(
         self,
         init_from: str | None = None,
@@ -169,17 +169,6 @@ class ProbeModule(L.LightningModule):
         return self
 
     # --- the step --------------------------------------------------------------------------------------------------
-    def step_generator(self, batch_idx: int) -> torch.Generator:
-        accum = int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1)
-        micro = int(self.global_step) * accum + batch_idx % accum
-        g = torch.Generator(device=self.device)
-        g.manual_seed((int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62))
-        return g
-
-    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
-
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
         if self.model.multi_label:

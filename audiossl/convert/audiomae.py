@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from audiossl.convert.common import (
-    ConversionError, ConversionReport, _block_count, _build, _check_num_classes, _check_patch, _fixed_positions,
-    _heads, _resolve_labels, _unmapped_error, read_weights,
+    ConversionError, ConversionReport, _block_count, _check_num_classes, _check_patch, _encoder_or_classifier,
+    _fixed_positions, _heads, _unmapped_error, read_weights,
 )
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
-from audiossl.models.classifier import AudioClassifier, HeadConfig
+from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 
 
@@ -79,17 +79,10 @@ def convert_audiomae(src, labels=None, num_classes: int | None = None, multi_lab
         config.update(pos_embed="learned", pos_grid=grid)
     state = {f"encoder.{k}": v for k, v in enc.items()}
     front_end = FrontEndConfig(target_length=target_length, mean=mean, std=std, num_mel_bins=num_mel_bins)
-    if head_classes is None:
-        report.kind = "encoder-only"
-        model = _build(EncoderConfig(**config), None, front_end, None, True, "mean", state, what)
-    else:
-        report.kind = "classifier"
-        names, multi = _resolve_labels(head_classes, labels, multi_label, report)
-        # global-pool fine-tuning: mean of patch tokens -> fc_norm -> head, and no final norm; otherwise CLS -> head
-        head_cfg = HeadConfig(num_classes=head_classes, pool="mean" if has_fc_norm else "cls", norm=has_fc_norm,
-                              norm_eps=1e-6)
-        state.update({f"head.{k}": v for k, v in head.items()})
-        model = _build(EncoderConfig(**config), head_cfg, front_end, names, multi, None, state, what)
+    # global-pool fine-tuning: mean of patch tokens -> fc_norm -> head, and no final norm; otherwise CLS -> head
+    head_kw = dict(pool="mean" if has_fc_norm else "cls", norm=has_fc_norm, norm_eps=1e-6)
+    model = _encoder_or_classifier(EncoderConfig(**config), front_end, state, head, "mean", head_kw, labels,
+                                   multi_label, report, what)
     report.notes.insert(0, f"encoder: pre-LN, {depth} blocks, dim {D}, {config['num_heads']} heads, patch {p} "
                            f"stride {stride}, {'final norm' if final_norm else 'no final norm (global pool)'}")
     return model, report

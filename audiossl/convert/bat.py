@@ -29,12 +29,12 @@ import torch
 
 from audiossl.checkpoint import safe_torch_load
 from audiossl.convert.common import (
-    ConversionError, ConversionReport, _block_count, _build, _check_num_classes, _check_patch, _data_only_globals,
-    _heads, _resolve_labels, _unmapped_error, read_weights,
+    ConversionError, ConversionReport, _block_count, _check_num_classes, _check_patch, _data_only_globals,
+    _encoder_or_classifier, _heads, _unmapped_error, read_weights,
 )
 from audiossl.errors import CheckpointError
 from audiossl.features import FrontEndConfig
-from audiossl.models.classifier import AudioClassifier, HeadConfig
+from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 from audiossl.models.pos_embed import sincos_bat
 
@@ -177,15 +177,9 @@ def convert_bat(src, labels=None, num_classes: int | None = None, multi_label: b
     head_classes = head["linear.weight"].shape[0] if "linear.weight" in head else None
     _check_num_classes(num_classes, head_classes, what)
     state = {f"encoder.{k}": v for k, v in enc.items()}
-    if head_classes is None:
-        report.kind = "encoder-only"
-        model = _build(EncoderConfig(**config), None, front_end, None, True, "cls", state, what)
-    else:
-        report.kind = "classifier"
-        names, multi = _resolve_labels(head_classes, labels, multi_label, report)
-        head_cfg = HeadConfig(num_classes=head_classes, pool="cls", norm="norm.weight" in head, norm_eps=eps)
-        state.update({f"head.{k}": v for k, v in head.items()})
-        model = _build(EncoderConfig(**config), head_cfg, front_end, names, multi, None, state, what)
+    model = _encoder_or_classifier(EncoderConfig(**config), front_end, state, head, "cls",
+                                   dict(pool="cls", norm="norm.weight" in head, norm_eps=eps), labels, multi_label,
+                                   report, what)
     report.notes.insert(0, f"encoder: post-LN with gated attention, {depth} blocks, dim {D}, {config['num_heads']} "
                            f"heads, patch {p}, windows of {chunk} time patches")
     report.notes.append(f"front end: mel_db_minmax (n_fft {round(front_end.frame_length * sr / 1000)}, hop "

@@ -41,13 +41,13 @@ from pathlib import Path
 import torch
 
 from audiossl.convert.common import (
-    ConversionError, ConversionReport, _build, _check_num_classes, _data_only_globals, _resolve_labels,
+    ConversionError, ConversionReport, _check_num_classes, _data_only_globals, _encoder_or_classifier,
     _unmapped_error,
 )
 from audiossl.checkpoint import safe_torch_load
 from audiossl.errors import CheckpointError
 from audiossl.features import BEATS_MEAN, BEATS_STD, FrontEndConfig
-from audiossl.models.classifier import AudioClassifier, HeadConfig
+from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import BEATS_OPTIONS, EncoderConfig
 
 _TOP = {
@@ -222,11 +222,7 @@ def convert_beats(src, labels=None, num_classes: int | None = None, multi_label:
     state = {f"encoder.{k}": v for k, v in enc.items()}
     front_end = FrontEndConfig(target_length=target_length, mean=mean, std=std, window_type="povey",
                                waveform_scale=32768.0, num_mel_bins=128)
-    if head_classes is None:
-        report.kind = "encoder-only"
-        model = _build(EncoderConfig(**config), None, front_end, None, True, "mean", state, what)
-    else:
-        report.kind = "classifier"
+    if head_classes is not None:
         if labels is None and label_dict is not None:
             perm = head_order(label_dict, head_classes, what)
             head = {k: t[perm] for k, t in head.items()}
@@ -237,10 +233,8 @@ def convert_beats(src, labels=None, num_classes: int | None = None, multi_label:
                    f"order (released fine-tuned files carry one; their order differs)")
             warnings.warn(msg, stacklevel=2)
             report.notes.append("WARNING " + msg)
-        names, multi = _resolve_labels(head_classes, labels, multi_label, report)
-        head_cfg = HeadConfig(num_classes=head_classes, pool="mean", norm=False)
-        state.update({f"head.{k}": v for k, v in head.items()})
-        model = _build(EncoderConfig(**config), head_cfg, front_end, names, multi, None, state, what)
+    model = _encoder_or_classifier(EncoderConfig(**config), front_end, state, head, "mean",
+                                   dict(pool="mean", norm=False), labels, multi_label, report, what)
     report.notes.insert(0, f"encoder: BEATs, {depth} post-LN DeepNorm blocks, dim {D}, {heads} heads, patch {p}, "
                            f"conv positions k={v.shape[-1]}, relative buckets "
                            f"{config['rel_pos_buckets']} (max distance {max_distance}); front end: povey, x 2**15")

@@ -15,7 +15,7 @@ import torch
 from audiossl.checkpoint import load_weights, read_safetensors, safe_torch_load
 from audiossl.errors import CheckpointError, ExportError, UserError
 from audiossl.features import FrontEndConfig
-from audiossl.models.classifier import AudioClassifier
+from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import EncoderConfig
 from audiossl.models.pos_embed import sincos_2d
 
@@ -201,6 +201,21 @@ def _build(enc_cfg: EncoderConfig, head_cfg, front_end: FrontEndConfig, labels, 
     except CheckpointError as e:
         raise ConversionError(str(e)) from None
     return model.eval()
+
+
+def _encoder_or_classifier(enc_cfg: EncoderConfig, front_end: FrontEndConfig, state: dict, head: dict,
+                           encoder_pool: str, head_kw: dict, labels, multi_label: bool | None,
+                           report: ConversionReport, what: str) -> AudioClassifier:
+    """An encoder-only model (embeddings pooled by ``encoder_pool``) when the source has no ``linear`` head, else a
+    classifier with ``HeadConfig(num_classes, **head_kw)`` and the head's entries; sets ``report.kind``."""
+    if "linear.weight" not in head:
+        report.kind = "encoder-only"
+        return _build(enc_cfg, None, front_end, None, True, encoder_pool, state, what)
+    report.kind = "classifier"
+    num_classes = head["linear.weight"].shape[0]
+    names, multi = _resolve_labels(num_classes, labels, multi_label, report)
+    state = {**state, **{f"head.{k}": v for k, v in head.items()}}
+    return _build(enc_cfg, HeadConfig(num_classes=num_classes, **head_kw), front_end, names, multi, None, state, what)
 
 
 def _unmapped_error(unknown: list[str], what: str, layout: str) -> ConversionError:

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from audiossl.convert.common import (
-    ConversionError, ConversionReport, _block_count, _build, _check_num_classes, _check_patch, _fixed_positions,
-    _heads, _resolve_labels, _unmapped_error, read_weights,
+    ConversionError, ConversionReport, _block_count, _check_num_classes, _check_patch, _encoder_or_classifier,
+    _fixed_positions, _heads, _unmapped_error, read_weights,
 )
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
-from audiossl.models.classifier import AudioClassifier, HeadConfig
+from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 
 
@@ -138,16 +138,9 @@ def _convert_eat(src, labels, num_classes, multi_label, num_heads, target_length
         raise ConversionError(f"{what}: fc_norm without a head; cannot build a classifier")
     state = {f"encoder.{k}": v for k, v in enc.items()}
     front_end = FrontEndConfig(target_length=target_length, mean=mean, std=std)
-    if head_classes is None:
-        report.kind = "encoder-only"
-        model = _build(EncoderConfig(**config), None, front_end, None, True, "cls", state, what)
-    else:
-        report.kind = "classifier"
-        names, multi = _resolve_labels(head_classes, labels, multi_label, report)
-        head_cfg = HeadConfig(num_classes=head_classes, pool="cls", norm="norm.weight" in head,
-                              norm_eps=config["norm_eps"])
-        state.update({f"head.{k}": v for k, v in head.items()})
-        model = _build(EncoderConfig(**config), head_cfg, front_end, names, multi, None, state, what)
+    model = _encoder_or_classifier(EncoderConfig(**config), front_end, state, head, "cls",
+                                   dict(pool="cls", norm="norm.weight" in head, norm_eps=config["norm_eps"]), labels,
+                                   multi_label, report, what)
     report.notes.insert(0, f"encoder: post-LN, {depth} blocks, dim {D}, {config['num_heads']} heads, "
                            f"patch {p}, {n_prefix} CLS")
     return model, report, sd

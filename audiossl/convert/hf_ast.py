@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from audiossl.convert.common import (
-    ConversionError, ConversionReport, _build, _check_num_classes, _resolve_labels, _unmapped_error, read_weights,
+    ConversionError, ConversionReport, _check_num_classes, _encoder_or_classifier, _unmapped_error, read_weights,
 )
 from audiossl.features import FrontEndConfig
-from audiossl.models.classifier import AudioClassifier, HeadConfig
+from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 
 # AST's published feature-extractor statistics (the unrounded AudioSet constants).
@@ -125,20 +125,14 @@ def convert_hf_ast(src, labels=None, num_classes: int | None = None,
     state = {f"encoder.{k}": v for k, v in enc.items()}
     head_classes = head["linear.weight"].shape[0] if "linear.weight" in head else None
     _check_num_classes(num_classes, head_classes, what)
-    if head_classes is None:
-        report.kind = "encoder-only"
-        model = _build(config, None, front_end, None, True, "prefix", state, what)
-    else:
-        report.kind = "classifier"
+    if head_classes is not None:
         if labels is None and isinstance(cfg.get("id2label"), dict) and len(cfg["id2label"]) == head_classes:
             labels = [cfg["id2label"][k] for k in sorted(cfg["id2label"], key=int)]
             report.notes.append(f"labels: id2label from config.json ({head_classes})")
         if multi_label is None and cfg.get("problem_type"):
             multi_label = cfg["problem_type"] == "multi_label_classification"
-        names, multi = _resolve_labels(head_classes, labels, multi_label, report)
-        head_cfg = HeadConfig(num_classes=head_classes, pool="prefix", norm=True, norm_eps=eps)
-        state.update({f"head.{k}": v for k, v in head.items()})
-        model = _build(config, head_cfg, front_end, names, multi, None, state, what)
+    model = _encoder_or_classifier(config, front_end, state, head, "prefix", dict(pool="prefix", norm=True, norm_eps=eps),
+                                   labels, multi_label, report, what)
     report.notes.insert(0, f"encoder: pre-LN, {config.depth} blocks, dim {D}, patch {patch} stride {t_stride}, "
                            f"learned positions over {grid[0]}x{grid[1]} patches, CLS + distillation tokens")
     return model, report

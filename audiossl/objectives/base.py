@@ -24,7 +24,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from audiossl.errors import DatasetError
@@ -257,7 +256,27 @@ def warn_front_end_override(front_end, init_fe: dict, init_from, pinned: dict, d
     )
 
 
-class PretrainModule(L.LightningModule):
+class SeededSteps:
+    """The per-step random generator and the feature call that pretraining, fine-tuning and probing share (a mixin
+    for LightningModules with a ``front_end`` and ``hparams.seed``)."""
+
+    def step_generator(self, batch_idx: int = 0) -> torch.Generator:
+        """A generator seeded by (seed, rank, micro-step): resumed runs redraw exactly the same masks and noise."""
+        accum = int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1) if self._trainer is not None else 1
+        micro = int(self.global_step) * accum + (batch_idx % accum)
+        seed = (int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        return g
+
+    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
+        """Waveforms ``[B, N]`` -> (normalised fbank ``[B, T, F]`` on the module's device in fp32, real frames ``[B]``
+        or ``None`` when the front end does not mask padding)."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
+
+
+class PretrainModule(SeededSteps, L.LightningModule):
     objective: str = "base"
 
     def __init__(
@@ -395,21 +414,6 @@ class PretrainModule(L.LightningModule):
                            f"does not hold them with this shape): {shown}")
 
     # --- the step ----------------------------------------------------------------------------------------------
-    def step_generator(self, batch_idx: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, rank, micro-step): resumed runs redraw exactly the same masks and noise."""
-        accum = int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1) if self._trainer is not None else 1
-        micro = int(self.global_step) * accum + (batch_idx % accum)
-        seed = (int(self.hparams.seed) * 1_000_003 + int(self.global_rank) * 7_919 + micro * 104_729) % (2**62)
-        g = torch.Generator(device=self.device)
-        g.manual_seed(seed)
-        return g
-
-    def features(self, audio: torch.Tensor, num_samples: torch.Tensor | None = None):
-        """Waveforms ``[B, N]`` -> (normalised fbank ``[B, T, F]`` on the module's device in fp32, real frames ``[B]``
-        or ``None`` when the front end does not mask padding)."""
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.front_end(audio.float(), num_samples=num_samples, return_frames=True)
-
     def compute_loss(self, fbank: torch.Tensor, generator: torch.Generator,
                      num_frames: torch.Tensor | None = None) -> dict[str, Any]:
         raise NotImplementedError
