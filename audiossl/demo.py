@@ -7,15 +7,16 @@ your own labelled audio (``--csv``).
              its ``split`` column gives ``train``/``eval``, else a seeded split stratified by label
              (``--eval-fraction``, 20 %); rows are written in a seeded shuffled order, so a CSV listed class by
              class does not give class-sorted shards. Pretraining uses the training clips' audio (no labels);
-             the fbank mean/std of the training clips normalise the features (``--no-stats``: AudioSet's);
+             the fbank mean/std of the training clips, measured with the recipe's front end, normalise the
+             features (``--no-stats``: AudioSet's);
 2. baseline  logistic regression on each clip's mean log-mel (what a model that ignores time can do);
 3. pretrain  ``--objective`` (``configs/pretrain/<objective>_<recipe>.yaml``, or ``--pretrain-config``; EAT, or MAE
              with ``--csv``); the recipe
              is ``tiny`` for the synthetic corpus and ``small`` (short real recordings: 64 mel bins at a 2.5 ms hop,
              a 4 x 192 encoder) with ``--csv``;
 4. finetune  the labelled set, three ways with the same budget (``--finetune-config``,
-             ``configs/finetune/<recipe>.yaml``): from the pretrained encoder, from scratch, and a linear probe on the
-             frozen pretrained encoder;
+             ``configs/finetune/<recipe>.yaml``): from the pretrained encoder, from scratch (the same
+             architecture, freshly initialised), and a linear probe on the frozen pretrained encoder;
 5. evaluate  mAP / mAUC / d-prime / accuracy on the evaluation split;
 6. export    the fine-tuned model to ``OUT/model`` (safetensors + config.json), loaded back to draw
 7. plots     training curves and one eval clip's mel spectrogram with its predicted labels over time;
@@ -177,13 +178,24 @@ def prepare_csv(csv_path: str, audio_root: str, out: Path, eval_fraction: float,
     return str(lab), info
 
 
-def compute_stats(data: str) -> dict:
-    from audiossl.data.stats import compute_stats as run, write_stats
+def compute_stats(data: str, cfg: Path) -> dict:
+    """fbank mean/std of the training clips with ``cfg``'s front end (mel bins, hop), into the manifest."""
+    from audiossl.data.stats import compute_stats as run, config_front_end, write_stats
 
-    stats = run(data, "train")
+    fe = config_front_end(cfg)
+    stats = run(data, "train", front_end=fe)
     write_stats(data, stats)
-    print(f"fbank statistics of the training clips: mean {stats['mean']:.3f}, std {stats['std']:.3f}")
+    print(f"fbank statistics of the training clips ({fe.num_mel_bins} mel bins, {fe.frame_shift:g} ms hop): mean "
+          f"{stats['mean']:.3f}, std {stats['std']:.3f}")
     return stats
+
+
+def scratch_encoder(ckpt: str) -> str:
+    """The ``--model.encoder`` of the from-scratch run: the pretrained encoder's architecture (block style, sizes,
+    positions) as a JSON spec, so the two fine-tuning runs differ in their initial weights only."""
+    from audiossl.checkpoint import read_checkpoint
+
+    return json.dumps(read_checkpoint(ckpt)["audiossl"]["encoder"])
 
 
 # --- models ------------------------------------------------------------------------------------------------------
@@ -356,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                                args.seed, args.workers)
         pool = lab  # pretraining reads the training split's audio; its labels are not used
         if args.stats:
-            data_info["stats"] = S.run("stats: fbank mean/std of the training clips", compute_stats, lab)
+            data_info["stats"] = S.run("stats: fbank mean/std of the training clips", compute_stats, lab, pre_cfg)
     else:
         pool, lab = S.run("data: synthetic corpus", make_data, out, args.unlabelled_clips, args.labelled_clips,
                           args.eval_clips, args.workers)
@@ -368,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                                out / "runs" / "finetune" / "pretrained", args.finetune_steps, 1,
                                "--model.init_from", pre)
     runs["scratch"] = S.run("finetune: from scratch, same budget", finetune, ft_cfg, lab,
-                            out / "runs" / "finetune" / "scratch", args.finetune_steps, 1)
+                            out / "runs" / "finetune" / "scratch", args.finetune_steps, 1,
+                            "--model.encoder", scratch_encoder(pre))
     runs["linear_probe"] = S.run(
         "finetune: linear probe on the frozen pretrained encoder", finetune, ft_cfg, lab,
         out / "runs" / "finetune" / "linear_probe", args.finetune_steps, 1, "--model.init_from", pre,

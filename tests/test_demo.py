@@ -83,6 +83,16 @@ def test_demo_on_own_csv_with_seeded_stratified_split(tmp_path, capsys):
     assert sorted(r["labels"] for r in evals) == ["high"] * 2 + ["low"] * 2 + ["noise"] * 2
     manifest = json.loads((out / "data" / "labelled" / "manifest.json").read_text())
     assert manifest["stats"]["mean"] < 0  # with --csv: the training clips' own fbank statistics, used by training
+    assert manifest["stats"]["front_end"]["num_mel_bins"] == 64  # ... measured with the recipe's front end
+    import torch
+
+    meta = {k: torch.load(out / "runs" / run / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=True)["audiossl"]["encoder"] for k, run in
+            (("pre", "pretrain"), ("scratch", "finetune/scratch"), ("ft", "finetune/pretrained"))}
+    for v in meta.values():
+        v.pop("drop_path")  # a fine-tuning setting (0.1; pretraining 0)
+    assert meta["scratch"] == meta["pre"] == meta["ft"] and meta["pre"]["block_style"] == "pre"  # MAE's, not the
+    # fine-tuning config's post-LN: scratch differs from the pretrained run in its initial weights only
     assert "mine.csv" in (out / "results.md").read_text()
 
 

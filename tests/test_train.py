@@ -231,3 +231,38 @@ def test_window_follows_the_data_when_the_config_leaves_it_open(synth_root, tmp_
     dm = cli.datamodule
     cli.model.build(dm.num_classes, dm.label_names, dm.multi_label, dm.stats, dm.sample_rate, dm)
     assert cli.model.model.front_end.config.target_length == 208
+
+
+def test_stats_follow_the_config_front_end_and_other_stats_warn(synth_root, tmp_path, capsys):
+    """``audiossl stats --config`` measures with the run's front end (the small recipe: 64 bins, 2.5 ms hop) and
+    records it; stats measured with another front end still normalise, with a warning naming the difference."""
+    import shutil
+    import warnings
+
+    from audiossl.data.manifest import read_manifest
+    from audiossl.data.stats import compute_stats, config_front_end, main, stats_mismatch
+    from audiossl.objectives.base import resolve_front_end
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    small = config("pretrain", "mae_small.yaml")
+    assert main([str(root), "--config", small, "--max-clips", "8", "--quiet"]) == 0
+    assert "64 mel bins at a 2.5 ms hop" in capsys.readouterr().out
+    stats = read_manifest(root).stats
+    assert stats["front_end"]["num_mel_bins"] == 64 and stats["front_end"]["frame_shift"] == 2.5
+    default = compute_stats(root, max_clips=8, progress=False)  # 128 bins at 10 ms: another mean
+    assert abs(default["mean"] - stats["mean"]) > 0.05
+    fe = config_front_end(small)
+    assert stats_mismatch(stats, fe) == [] and stats_mismatch(default, fe) == [
+        "num_mel_bins 128/64", "frame_shift 10/2.5"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_front_end({"num_mel_bins": 64, "frame_shift": 2.5}, stats).mean == stats["mean"]
+        assert not [w for w in caught if "another front end" in str(w.message)]
+        assert resolve_front_end({"num_mel_bins": 64, "frame_shift": 2.5}, default).mean == default["mean"]
+        assert [w for w in caught if "another front end (num_mel_bins 128/64" in str(w.message)]
+        resolve_front_end({"num_mel_bins": 64, "frame_shift": 2.5, "mean": -4.0, "std": 4.0}, default)  # pinned
+        assert len([w for w in caught if "another front end" in str(w.message)]) == 1
+    assert main([str(root), "--num-mel-bins", "32", "--print-only", "--quiet"]) == 0
+    assert "32 mel bins at a 10 ms hop" in capsys.readouterr().out
+    assert read_manifest(root).stats["front_end"]["num_mel_bins"] == 64  # --print-only wrote nothing

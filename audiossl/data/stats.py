@@ -26,6 +26,30 @@ from audiossl.features import FrontEndConfig, kaldi_fbank
 
 log = logging.getLogger("audiossl.data")
 _BATCH = 32
+STATS_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift")  # the front end the stats depend on
+
+
+def config_front_end(path: str | Path) -> FrontEndConfig:
+    """The front end a training config YAML sets (``model.front_end`` or ``model.init_args.front_end``; unset keys
+    keep their defaults), for measuring statistics with the features that run will see."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the config: {e}") from None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    model = model.get("init_args", model) if isinstance(model, dict) else {}
+    fe = model.get("front_end") if isinstance(model, dict) else None
+    return FrontEndConfig.from_dict({k: v for k, v in (fe or {}).items() if k in STATS_KEYS})
+
+
+def stats_mismatch(stats: dict | None, front_end: FrontEndConfig) -> list[str]:
+    """The settings (``name stats/ours``) where the front end ``stats`` were measured with differs from
+    ``front_end``; empty when they agree or the stats do not record theirs."""
+    theirs = (stats or {}).get("front_end") or {}
+    return [f"{k} {theirs[k]:g}/{getattr(front_end, k):g}" for k in STATS_KEYS
+            if k in theirs and abs(float(theirs[k]) - float(getattr(front_end, k))) > 1e-9]
 
 
 def _chosen_positions(counts: list[int], max_clips: int | None, seed: int) -> list[np.ndarray | None]:
@@ -107,7 +131,7 @@ def compute_stats(
         "bad_clips": bad,
         "max_clips": max_clips,
         "seed": seed,
-        "front_end": {k: getattr(fe, k) for k in ("sample_rate", "num_mel_bins", "frame_length", "frame_shift")},
+        "front_end": {k: getattr(fe, k) for k in STATS_KEYS},
         "method": "mean/std of every log-mel value (all frames and bins of each clip, no padding) of the kaldi fbank "
         "before normalisation; normalise with (x - mean) / (2 * std)",
     }
@@ -129,24 +153,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--print-only", action="store_true",
                    help="print the statistics without writing them (e.g. for a read-only https:// or pipe: dataset)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None,
+                   help="measure with the front end of this training config (its model.front_end: mel bins, hop, "
+                        "window length, sample rate), as the run will see the features")
+    p.add_argument("--num-mel-bins", type=int, default=None, help="mel bins (default: the config's, else 128)")
+    p.add_argument("--frame-shift", type=float, default=None, help="hop in ms (default: the config's, else 10)")
+    p.add_argument("--frame-length", type=float, default=None, help="window in ms (default: the config's, else 25)")
     args = p.parse_args(argv)
     if args.max_clips is not None and args.max_clips < 1:
         p.error("--max-clips must be at least 1")
     try:
+        fe = config_front_end(args.config) if args.config else FrontEndConfig()
+        given = {k: v for k, v in (("num_mel_bins", args.num_mel_bins), ("frame_shift", args.frame_shift),
+                                   ("frame_length", args.frame_length)) if v is not None}
+        fe = FrontEndConfig.from_dict({**{k: getattr(fe, k) for k in STATS_KEYS}, **given})
         if storage.is_url(args.root):
             kind = storage.check_url(args.root, what="the dataset")
             if kind not in storage.WRITE_SCHEMES and not args.print_only:
                 raise storage.UnsupportedURLError(
                     f"{args.root}: {kind}: datasets are read-only, so the statistics cannot be stored in its "
                     "manifest; add --print-only to compute and print them")
-        stats = compute_stats(args.root, args.split, args.max_clips, args.seed, progress=not args.quiet)
+        stats = compute_stats(args.root, args.split, args.max_clips, args.seed, fe, progress=not args.quiet)
         if not args.print_only:
             write_stats(args.root, stats)
     except (FileNotFoundError, KeyError, ValueError, storage.StorageError) as e:
         print(f"audiossl stats: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
     print(f"{args.root}: fbank mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['clips']} clips "
-          f"({stats['frames']} frames) of {args.split}"
+          f"({stats['frames']} frames) of {args.split}, {fe.num_mel_bins} mel bins at a {fe.frame_shift:g} ms hop"
           + ("" if args.print_only else "; written to manifest.json")
           + (f"; {stats['bad_clips']} bad clips skipped" if stats["bad_clips"] else ""))
     return 0

@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from audiossl.data.stats import stats_mismatch
 from audiossl.errors import DatasetError
 from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEnd, FrontEndConfig
 from audiossl.models import build_encoder
@@ -234,10 +235,17 @@ def data_target_length(front_end: dict | None, datamodule, patch_size: int) -> d
 def resolve_front_end(front_end: dict | None, data_stats: dict | None) -> FrontEndConfig:
     """Front-end config with ``mean``/``std`` left as None filled from the dataset stats, else AudioSet's."""
     fe = dict(front_end or {})
+    used = False
     for key, default in (("mean", AUDIOSET_MEAN), ("std", AUDIOSET_STD)):
         if fe.get(key) is None:
+            used |= bool(data_stats and data_stats.get(key) is not None)
             fe[key] = float(data_stats[key]) if data_stats and data_stats.get(key) is not None else default
-    return FrontEndConfig.from_dict(fe)
+    config = FrontEndConfig.from_dict(fe)
+    if used and (differ := stats_mismatch(data_stats, config)):
+        rank_zero_warn(f"the dataset's statistics were measured with another front end ({', '.join(differ)}: stats/"
+                       "this run); the features are normalised slightly off. Remeasure with `audiossl stats DIR "
+                       "--config THIS_CONFIG.yaml`")
+    return config
 
 
 def warn_front_end_override(front_end, init_fe: dict, init_from, pinned: dict, data_stats: dict | None) -> None:
