@@ -243,7 +243,8 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | {p['steps']} | {p['flops'] / 1e9:.3g} | {p['seconds'] / 60:.1f} | "
                      f"{p['clips_per_s']:.1f} | {p['peak_mem_mb']:.0f} | " + " | ".join(cells) + " |")
     s, base = summary["scratch"], summary["baseline"]
-    lines.append(f"| scratch (no pretraining) | | | | | | {_fmt(s.get('accuracy'))} / {_fmt(s.get('mAP'))} | | |")
+    lines.append(f"| scratch (no pretraining; the fine-tuning config's encoder) | | | | | | {_fmt(s.get('accuracy'))} / "
+                 f"{_fmt(s.get('mAP'))} | | |")
     lines.append(f"| mean log-mel + logistic regression | | | | | | {_fmt(base.get('accuracy'))} / "
                  f"{_fmt(base.get('mAP'))} | | |")
     return head + "\n".join(lines) + "\n"
