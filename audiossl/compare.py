@@ -194,6 +194,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
     from audiossl.demo import finetune
     from audiossl.evaluate import evaluate
 
+    t0 = time.perf_counter()
     common = ["--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed)]
     done = _progress(run)
     if 0 < done < steps:  # interrupted: resume
@@ -220,7 +221,19 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
     metrics = evaluate(classifier_from_checkpoint(ckpt), AudioDataModule(data, num_workers=0, batch_size=64),
                        run / "eval", progress=False)
     print(f"{run.relative_to(run.parent.parent)}: accuracy {metrics['accuracy']:.3f}, mAP {metrics['mAP']:.3f}")
-    return _finish(run, {k: metrics[k] for k in ("accuracy", "mAP", "mAUC") if k in metrics})
+    return _finish(run, {**{k: metrics[k] for k in ("accuracy", "mAP", "mAUC") if k in metrics},
+                         "seconds": time.perf_counter() - t0})
+
+
+def run_seconds(summary: dict) -> tuple[float, int]:
+    """(seconds of every run the table rests on, from their ``result.json`` — earlier invocations of a resumed
+    comparison included; how many runs recorded no time)."""
+    runs = [summary["baseline"], summary["scratch"]]
+    for r in summary["objectives"].values():
+        runs += [r["pretrain"], r.get("finetune"), r.get("cgp"), *(c["linear_probe"] for c in r["curve"])]
+        runs += [r["calibration"]] if r.get("calibration") else []
+    known = [x["seconds"] for x in runs if x and x.get("seconds") is not None]
+    return float(sum(known)), sum(1 for x in runs if x and x.get("seconds") is None)
 
 
 # --- outputs -----------------------------------------------------------------------------------------------------
@@ -233,7 +246,9 @@ def markdown(summary: dict) -> str:
     enc = summary["settings"]["encoder"] or f"of the {summary['settings'].get('recipe', '')} recipe configs"
     head = (f"# audiossl compare\n\n{summary['data']['description']}; every objective pretrained for "
             f"**{b['kind']} {b['value']:g}** ({b['note']}), encoder {enc}, then the same "
-            f"downstream recipe. Machine: {summary['machine']}. Total {summary['total_seconds'] / 60:.1f} min.\n\n")
+            f"downstream recipe. Machine: {summary['machine']}. Total {summary['total_seconds'] / 60:.1f} min of runs"
+            + (f" ({summary['untimed_runs']} runs without a recorded time)" if summary.get("untimed_runs") else "")
+            + ".\n\n")
     lines = ["| model | pretrain steps | GFLOP | minutes | clips/s | peak MB | fine-tune acc / mAP | "
              "linear acc / mAP | CGP acc / mAP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in summary["objectives"].items():
@@ -333,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--data {src}: neither a prepared dataset folder (manifest.json) nor a .csv")
     if (base := _done(runs / "baseline")) is None:
         (runs / "baseline").mkdir(exist_ok=True)
+        t0 = time.perf_counter()
         r = S.run("baseline", baseline, data)
-        base = _finish(runs / "baseline", {k: r[k] for k in ("accuracy", "mAP", "mAUC") if k in r})
+        base = _finish(runs / "baseline", {**{k: r[k] for k in ("accuracy", "mAP", "mAUC") if k in r},
+                                           "seconds": time.perf_counter() - t0})
     from audiossl.data.manifest import read_manifest
 
     multi = bool(read_manifest(data).multi_label)
@@ -364,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                             "clips_per_s": p["clips_per_step"] / p["seconds_per_step"], "peak_mem_mb": p["peak_mem_mb"],
                             "flops_per_step": p["flops_per_step"], "device": p["device"]},
                "linear_probe": curve[-1]["linear_probe"], "curve": curve}
+        if profile is not None:
+            row["calibration"] = {"seconds": profile.get("seconds")}
         row["finetune"] = S.run(f"{o}: fine-tune", downstream_run, "finetune", ft_cfg, data, runs / o / "finetune",
                                 args.finetune_steps, args.workers, args.seed, final)
         if not args.no_cgp:
@@ -386,9 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**vars(args), "encoder": encoder},
         "machine": f"{os.cpu_count()} CPU cores" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available()
                                                    else ", no GPU"),
-        "total_seconds": S.total,
         "stage_seconds": S.times,
+        "invocation_seconds": S.total,  # this call's wall time; finished runs of earlier calls are not redone
     }
+    summary["total_seconds"], summary["untimed_runs"] = run_seconds(summary)
     (out / "compare.json").write_text(json.dumps(json_safe(summary), indent=1, default=str, allow_nan=False) + "\n")
     (out / "compare.md").write_text(markdown(summary))
     plot(summary, out / "compare.png")

@@ -54,6 +54,10 @@ def test_rerun_continues(compared, synth_root):
     assert os.path.getmtime(compared / "runs" / "mae" / "pretrain" / "checkpoints" / "last.ckpt") == stamp
     assert after["eat"]["finetune"] == before["eat"]["finetune"]  # re-evaluated, not retrained
     assert after["stage_seconds"].keys() <= before["stage_seconds"].keys()
+    # the table's total counts every run it rests on, the first invocation's included, not just this quick call
+    assert after["untimed_runs"] == 0 and after["total_seconds"] > 2 * after["invocation_seconds"]
+    assert abs(after["total_seconds"] - before["total_seconds"]) < 0.5 * before["total_seconds"]
+    assert f"Total {after['total_seconds'] / 60:.1f} min of runs." in (compared / "compare.md").read_text()
 
 
 def test_budget_arithmetic_and_bad_flags():
