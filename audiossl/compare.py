@@ -49,6 +49,20 @@ PRETRAIN_CONFIG = {"mae": "mae", "eat": "eat", "jepa": "jepa", "sslam": "sslam",
 BUDGETS = ("steps", "flops", "seconds")
 # the encoder size every objective gets by default, per recipe (BEATs' tiny config is smaller than the others')
 RECIPE_ENCODERS = {"tiny": "depth=4,embed_dim=128,num_heads=4", "small": "depth=4,embed_dim=192,num_heads=3"}
+# recipe -> (pretraining config suffix, fine-tuning config, probe config); any other name X: (X, X, X). ``base``: the
+# ViT-B AudioSet recipes for GPUs (each objective's *_base_as2m.yaml, then AS-20K fine-tuning and CGP)
+RECIPE_FILES = {"base": ("base_as2m", "as20k", "as20k_cgp")}
+
+
+def recipe_configs(recipe: str, names: list[str]) -> tuple[dict[str, Path], Path, Path]:
+    """Each objective's pretraining config, the fine-tuning config and the probe config of ``recipe``."""
+    pre, ft, probe = RECIPE_FILES.get(recipe, (recipe, recipe, recipe))
+    pre_cfgs = {o: CONFIGS / "pretrain" / f"{PRETRAIN_CONFIG[o]}_{pre}.yaml" for o in names}
+    ft_cfg, probe_cfg = CONFIGS / "finetune" / f"{ft}.yaml", CONFIGS / "probe" / f"{probe}.yaml"
+    for path in [*pre_cfgs.values(), ft_cfg, probe_cfg]:
+        if not path.is_file():
+            raise UserError(f"recipe {recipe!r}: {path} does not exist")
+    return pre_cfgs, ft_cfg, probe_cfg
 PROFILE_FILE = "step_profile.json"
 RESULT_FILE = "result.json"
 
@@ -299,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objectives", default="mae,eat,jepa,sslam", help=f"comma-separated, of {','.join(PRETRAIN_CONFIG)}")
     ap.add_argument("--budget", default="steps:600", help="steps:N, flops:X or seconds:S per objective (default steps:600)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--recipe", default="tiny", help="config suffix: configs/{pretrain,finetune,probe}/..._RECIPE.yaml")
+    ap.add_argument("--recipe", default="tiny",
+                    help="config suffix: configs/{pretrain,finetune,probe}/..._RECIPE.yaml (tiny, small); base: each "
+                         "objective's *_base_as2m.yaml, finetune/as20k.yaml, probe/as20k_cgp.yaml (ViT-B, GPUs)")
     ap.add_argument("--encoder", default=None,
                     help="the one encoder size for every objective, e.g. depth=4,embed_dim=128,num_heads=4 (default: "
                          "the recipe's: " + ", ".join(f"{k} {v}" for k, v in RECIPE_ENCODERS.items()) + ")")
@@ -320,11 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--objectives: unknown {unknown or names}; choose from {', '.join(PRETRAIN_CONFIG)}")
     kind, value = parse_budget(args.budget)
     encoder = parse_encoder(RECIPE_ENCODERS.get(args.recipe, "") if args.encoder is None else args.encoder)
-    pre_cfgs = {o: CONFIGS / "pretrain" / f"{PRETRAIN_CONFIG[o]}_{args.recipe}.yaml" for o in names}
-    ft_cfg, probe_cfg = CONFIGS / "finetune" / f"{args.recipe}.yaml", CONFIGS / "probe" / f"{args.recipe}.yaml"
-    for path in [*pre_cfgs.values(), ft_cfg, probe_cfg]:
-        if not path.is_file():
-            raise UserError(f"recipe {args.recipe!r}: {path} does not exist")
+    pre_cfgs, ft_cfg, probe_cfg = recipe_configs(args.recipe, names)
     if args.finetune_steps is None:
         args.finetune_steps = config_steps(ft_cfg)
     if args.probe_steps is None:

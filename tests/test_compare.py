@@ -8,7 +8,9 @@ import pytest
 import torch
 from helpers import synth_root  # noqa: F401  (fixture)
 
-from audiossl.compare import count_step_flops, markdown, parse_budget, parse_encoder, steps_for
+from audiossl.compare import (
+    PRETRAIN_CONFIG, count_step_flops, markdown, parse_budget, parse_encoder, recipe_configs, steps_for,
+)
 from audiossl.errors import UserError
 
 ARGS = ["--objectives", "mae,eat", "--budget", "steps:4", "--finetune-steps", "2", "--probe-steps", "2",
@@ -99,3 +101,17 @@ def test_markdown_states_the_budget_and_machine():
          "data": {"description": "d"}, "settings": {"encoder": {}}, "machine": "2 CPU cores", "total_seconds": 60}
     md = markdown(s)
     assert "flops 9e+09" in md and "2 CPU cores" in md and "| eat | 3 | 3 | 0.5 | 12.0 | 500 | 0.500 / 0.400 |" in md
+
+
+def test_recipes_name_existing_configs():
+    """``--recipe base`` maps to the ViT-B AudioSet configs (each objective's *_base_as2m, AS-20K fine-tuning, CGP);
+    tiny/small are suffixes; a recipe without a config is a one-line error before any run."""
+    names = list(PRETRAIN_CONFIG)
+    pre, ft, probe = recipe_configs("base", names)
+    assert {p.name for p in pre.values()} == {f"{PRETRAIN_CONFIG[o]}_base_as2m.yaml" for o in names}
+    assert (ft.name, probe.name) == ("as20k.yaml", "as20k_cgp.yaml")
+    for recipe in ("tiny", "small"):
+        pre, ft, probe = recipe_configs(recipe, names)
+        assert pre["beats"].name == f"beats_iter1_{recipe}.yaml" and ft.name == probe.name == f"{recipe}.yaml"
+    with pytest.raises(UserError, match="recipe 'huge'.*does not exist"):
+        recipe_configs("huge", ["mae"])
