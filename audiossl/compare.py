@@ -49,6 +49,9 @@ PRETRAIN_CONFIG = {"mae": "mae", "eat": "eat", "jepa": "jepa", "sslam": "sslam",
 BUDGETS = ("steps", "flops", "seconds")
 # the encoder size every objective gets by default, per recipe (BEATs' tiny config is smaller than the others')
 RECIPE_ENCODERS = {"tiny": "depth=4,embed_dim=128,num_heads=4", "small": "depth=4,embed_dim=192,num_heads=3"}
+PROFILE_FILE = "step_profile.json"
+RESULT_FILE = "result.json"
+
 # recipe -> (pretraining config suffix, fine-tuning config, probe config); any other name X: (X, X, X). ``base``: the
 # ViT-B AudioSet recipes for GPUs (each objective's *_base_as2m.yaml, then AS-20K fine-tuning and CGP)
 RECIPE_FILES = {"base": ("base_as2m", "as20k", "as20k_cgp")}
@@ -63,8 +66,6 @@ def recipe_configs(recipe: str, names: list[str]) -> tuple[dict[str, Path], Path
         if not path.is_file():
             raise UserError(f"recipe {recipe!r}: {path} does not exist")
     return pre_cfgs, ft_cfg, probe_cfg
-PROFILE_FILE = "step_profile.json"
-RESULT_FILE = "result.json"
 
 
 # --- the step profile (runs inside the pretraining process) -----------------------------------------------------

@@ -56,13 +56,9 @@ def _configs_dir() -> Path:
 
 def config_steps(path: Path) -> int:
     """``trainer.max_steps`` of a recipe YAML."""
-    import yaml
+    from audiossl.data.stats import read_config_yaml
 
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
-    trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
+    trainer = read_config_yaml(path).get("trainer")
     steps = trainer.get("max_steps") if isinstance(trainer, dict) else None
     if not isinstance(steps, int):
         raise UserError(f"{path} sets no trainer.max_steps; give --pretrain-steps/--finetune-steps")

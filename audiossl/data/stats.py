@@ -22,6 +22,7 @@ from audiossl import audio
 from audiossl.data import storage
 from audiossl.data.manifest import read_manifest, write_manifest
 from audiossl.data.pipeline import read_shard
+from audiossl.errors import ConfigError
 from audiossl.features import FrontEndConfig, kaldi_fbank
 
 log = logging.getLogger("audiossl.data")
@@ -29,16 +30,24 @@ _BATCH = 32
 STATS_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift")  # the front end the stats depend on
 
 
-def config_front_end(path: str | Path) -> FrontEndConfig:
-    """The front end a training config YAML sets (``model.front_end`` or ``model.init_args.front_end``; unset keys
-    keep their defaults), for measuring statistics with the features that run will see."""
+def read_config_yaml(path: str | Path) -> dict:
+    """A training config YAML as a dict (``ConfigError``, a ValueError, when it cannot be read or is not a mapping)."""
     import yaml
 
     try:
         cfg = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read the config: {e}") from None
-    model = cfg.get("model") if isinstance(cfg, dict) else None
+        raise ConfigError(f"{path}: cannot read the config: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: not a config (a YAML mapping)")
+    return cfg
+
+
+def config_front_end(path: str | Path) -> FrontEndConfig:
+    """The front end a training config YAML sets (``model.front_end`` or ``model.init_args.front_end``; unset keys
+    keep their defaults), for measuring statistics with the features that run will see."""
+    cfg = read_config_yaml(path)
+    model = cfg.get("model")
     model = model.get("init_args", model) if isinstance(model, dict) else {}
     fe = model.get("front_end") if isinstance(model, dict) else None
     return FrontEndConfig.from_dict({k: v for k, v in (fe or {}).items() if k in STATS_KEYS})
