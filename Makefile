@@ -16,12 +16,16 @@ STAMP  := $(VENV)/.audiossl-installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 LATEST ?= .venv-latest
+# Free disk the venv build needs: the installed lock is ~6.5 GiB, plus pip's unpacked wheels while it installs.
+NEED_KB ?= 9437184
 
 .PHONY: demo test install lock test-latest bench clean
 
 # A venv older than the lock is rebuilt from scratch, so it holds exactly what the lock lists.
 $(STAMP): $(LOCK) $(PARITY) pyproject.toml
 	@if [ -d $(VENV) ] && [ -f $(STAMP) ] && [ $(LOCK) -nt $(STAMP) -o $(PARITY) -nt $(STAMP) ]; then echo "$(LOCK) or $(PARITY) changed: rebuilding $(VENV)"; rm -rf $(VENV); fi
+	@avail_kb=$$(df -Pk $(dir $(abspath $(VENV))) | awk 'NR==2 {print $$4}'); if [ "$$avail_kb" -lt $(NEED_KB) ]; then \
+	  echo "error: building $(VENV) from the lock needs about $$(( $(NEED_KB) / 1048576 )) GiB of free disk (the CUDA torch wheels); $$(( avail_kb / 1048576 )) GiB free under $(dir $(abspath $(VENV)))" >&2; exit 1; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# One resolver call over the whole lock (every package pinned with its hashes; nothing else is resolved) ...
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
