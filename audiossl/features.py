@@ -219,7 +219,8 @@ class FrontEndConfig(DictConfig):
 
 # The settings that shape the features an encoder learns from (not target_length, mean/std or mask_padding): a
 # model fine-tuned from a pretrained encoder keeps these unless its own config sets them (waveform_scale only
-# together with the checkpoint's mean/std, since a dataset's statistics are computed at scale 1).
+# together with the checkpoint's mean/std: a dataset's statistics are measured at the scale of the config they were
+# measured for, 1 unless it sets one).
 FEATURE_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift", "window_type", "waveform_scale",
                 "spectrogram", "top_db")
 

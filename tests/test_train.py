@@ -236,11 +236,14 @@ def test_window_follows_the_data_when_the_config_leaves_it_open(synth_root, tmp_
 def test_stats_follow_the_config_front_end_and_other_stats_warn(synth_root, tmp_path, capsys):
     """``audiossl stats --config`` measures with the run's front end (the small recipe: 64 bins, 2.5 ms hop) and
     records it; stats measured with another front end still normalise, with a warning naming the difference."""
+    import math
     import shutil
     import warnings
 
     from audiossl.data.manifest import read_manifest
     from audiossl.data.stats import compute_stats, config_front_end, main, stats_mismatch
+    from audiossl.errors import ConfigError
+    from audiossl.features import FrontEndConfig
     from audiossl.objectives.base import resolve_front_end
 
     root = tmp_path / "data"
@@ -263,6 +266,18 @@ def test_stats_follow_the_config_front_end_and_other_stats_warn(synth_root, tmp_
         assert [w for w in caught if "another front end (num_mel_bins 128/64" in str(w.message)]
         resolve_front_end({"num_mel_bins": 64, "frame_shift": 2.5, "mean": -4.0, "std": 4.0}, default)  # pinned
         assert len([w for w in caught if "another front end" in str(w.message)]) == 1
+    # window type and waveform scale count too (BEATs' povey window and int16 scale); stats recorded before they were
+    # stored were measured with the Hann window at scale 1
+    povey = FrontEndConfig(num_mel_bins=64, frame_shift=2.5, window_type="povey", waveform_scale=32768.0)
+    scaled = compute_stats(root, max_clips=8, front_end=povey, progress=False)
+    assert scaled["front_end"]["window_type"] == "povey" and abs(scaled["mean"] - stats["mean"] - 2 * math.log(32768)) < 0.2
+    assert stats_mismatch(stats, povey) == ["window_type hanning/povey", "waveform_scale 1/32768"]
+    old = {**stats, "front_end": {k: v for k, v in stats["front_end"].items() if k not in ("window_type", "waveform_scale")}}
+    assert stats_mismatch(old, fe) == [] and stats_mismatch(old, povey) == stats_mismatch(stats, povey)
+    with pytest.raises(ConfigError, match="uses no dataset statistics"):
+        config_front_end(config("pretrain", "bat_small.yaml"))
+    assert main([str(root), "--config", config("pretrain", "bat_small.yaml"), "--quiet"]) == 1
+    assert "uses no dataset statistics" in capsys.readouterr().err
     assert main([str(root), "--num-mel-bins", "32", "--print-only", "--quiet"]) == 0
     assert "32 mel bins at a 10 ms hop" in capsys.readouterr().out
     assert read_manifest(root).stats["front_end"]["num_mel_bins"] == 64  # --print-only wrote nothing

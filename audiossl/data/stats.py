@@ -27,7 +27,10 @@ from audiossl.features import FrontEndConfig, kaldi_fbank
 
 log = logging.getLogger("audiossl.data")
 _BATCH = 32
-STATS_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift")  # the front end the stats depend on
+# The front-end settings the statistics depend on (a stats record without the last two was measured with their
+# defaults: Hann window, waveform at scale 1).
+STATS_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift", "window_type", "waveform_scale")
+_STATS_DEFAULTS = {"window_type": "hanning", "waveform_scale": 1.0}
 
 
 def read_config_yaml(path: str | Path) -> dict:
@@ -49,16 +52,30 @@ def config_front_end(path: str | Path) -> FrontEndConfig:
     cfg = read_config_yaml(path)
     model = cfg.get("model")
     model = model.get("init_args", model) if isinstance(model, dict) else {}
-    fe = model.get("front_end") if isinstance(model, dict) else None
-    return FrontEndConfig.from_dict({k: v for k, v in (fe or {}).items() if k in STATS_KEYS})
+    fe = FrontEndConfig.from_dict((model.get("front_end") if isinstance(model, dict) else None) or {})
+    if fe.spectrogram != "kaldi":
+        raise ConfigError(f"{path}: its front end ({fe.spectrogram}) scales each clip by its own range and uses no "
+                          "dataset statistics; nothing to measure")
+    return FrontEndConfig.from_dict({k: getattr(fe, k) for k in STATS_KEYS})
 
 
 def stats_mismatch(stats: dict | None, front_end: FrontEndConfig) -> list[str]:
     """The settings (``name stats/ours``) where the front end ``stats`` were measured with differs from
     ``front_end``; empty when they agree or the stats do not record theirs."""
     theirs = (stats or {}).get("front_end") or {}
-    return [f"{k} {theirs[k]:g}/{getattr(front_end, k):g}" for k in STATS_KEYS
-            if k in theirs and abs(float(theirs[k]) - float(getattr(front_end, k))) > 1e-9]
+    if not theirs:
+        return []
+    theirs = {**_STATS_DEFAULTS, **theirs}
+    out = []
+    for k in STATS_KEYS:
+        a, b = theirs.get(k), getattr(front_end, k)
+        if a is None:
+            continue
+        if isinstance(b, str) and a != b:
+            out.append(f"{k} {a}/{b}")
+        elif not isinstance(b, str) and abs(float(a) - float(b)) > 1e-9:
+            out.append(f"{k} {float(a):g}/{float(b):g}")
+    return out
 
 
 def _chosen_positions(counts: list[int], max_clips: int | None, seed: int) -> list[np.ndarray | None]:
@@ -83,6 +100,9 @@ def compute_stats(
     from tqdm import tqdm
 
     fe = front_end or FrontEndConfig()
+    if fe.spectrogram != "kaldi":
+        raise ConfigError(f"the {fe.spectrogram} front end scales each clip by its own range and uses no dataset "
+                          "statistics")
     info = read_manifest(root).split(split)
     plan = _chosen_positions([s.samples for s in info.shards], max_clips, seed)
     n_clips = sum(s.samples if p is None else len(p) for s, p in zip(info.shards, plan))
@@ -97,7 +117,9 @@ def compute_stats(
         for w in pending:
             by_length.setdefault(w.shape[0], []).append(w)
         for waves in by_length.values():
-            fb = kaldi_fbank(torch.stack(waves), fe.sample_rate, fe.num_mel_bins, fe.frame_length, fe.frame_shift)
+            batch = torch.stack(waves) * fe.waveform_scale  # [B, N]
+            fb = kaldi_fbank(batch, fe.sample_rate, fe.num_mel_bins, fe.frame_length, fe.frame_shift,
+                             window_type=fe.window_type)
             fb = fb.double()  # [B, T, F]
             total += fb.sum()
             total_sq += (fb * fb).sum()
@@ -164,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--config", default=None,
                    help="measure with the front end of this training config (its model.front_end: mel bins, hop, "
-                        "window length, sample rate), as the run will see the features")
+                        "window length and type, sample rate, waveform scale), as the run will see the features")
     p.add_argument("--num-mel-bins", type=int, default=None, help="mel bins (default: the config's, else 128)")
     p.add_argument("--frame-shift", type=float, default=None, help="hop in ms (default: the config's, else 10)")
     p.add_argument("--frame-length", type=float, default=None, help="window in ms (default: the config's, else 25)")
