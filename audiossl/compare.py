@@ -28,6 +28,7 @@ its peak memory is its own (CUDA: the peak allocated; CPU: the process's peak re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -51,6 +52,7 @@ BUDGETS = ("steps", "flops", "seconds")
 RECIPE_ENCODERS = {"tiny": "depth=4,embed_dim=128,num_heads=4", "small": "depth=4,embed_dim=192,num_heads=3"}
 PROFILE_FILE = "step_profile.json"
 RESULT_FILE = "result.json"
+ELAPSED_FILE = "elapsed_seconds.json"  # wall time of every invocation that worked on a run
 
 # recipe -> (pretraining config suffix, fine-tuning config, probe config); any other name X: (X, X, X). ``base``: the
 # ViT-B AudioSet recipes for GPUs (each objective's *_base_as2m.yaml, then AS-20K fine-tuning and CGP)
@@ -167,6 +169,21 @@ def _progress(run: Path) -> int:
     return int(safe_torch_load(last, mmap=True).get("global_step", 0))
 
 
+@contextlib.contextmanager
+def _timed(run: Path):
+    """Adds this invocation's wall time to ``run``'s ``elapsed_seconds.json`` however it ends (an error or Ctrl-C
+    included; not a hard kill), and yields a function giving the run's seconds so far, earlier invocations of a
+    resumed run counted."""
+    f = run / ELAPSED_FILE
+    before = float(json.loads(f.read_text())) if f.is_file() else 0.0
+    t0 = time.perf_counter()
+    try:
+        yield lambda: before + time.perf_counter() - t0
+    finally:
+        run.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(before + time.perf_counter() - t0) + "\n")
+
+
 def _finish(run: Path, result: dict) -> dict:
     (run / RESULT_FILE).write_text(json.dumps(json_safe(result), indent=1, default=str, allow_nan=False) + "\n")
     return result
@@ -175,7 +192,7 @@ def _finish(run: Path, result: dict) -> dict:
 def pretrain_run(cfg: Path, data: str, run: Path, steps: int, encoder: dict, seed: int, workers: int,
                  checkpoint_every: int) -> dict:
     """One pretraining run in a child process (resumed from its ``last.ckpt`` when interrupted); returns its
-    profile plus the wall time of the process."""
+    profile plus its wall time (of every invocation that worked on it)."""
     if (r := _done(run)) is not None:
         return r
     args = [sys.executable, "-m", "audiossl", "pretrain", "--config", str(cfg), "--data.root", data,
@@ -188,9 +205,9 @@ def pretrain_run(cfg: Path, data: str, run: Path, steps: int, encoder: dict, see
         args += [f"--model.init_args.encoder.{k}", str(v)]
     if _progress(run):
         args += ["--ckpt_path", "last"]
-    t0 = time.perf_counter()
-    r = subprocess.run(args)
-    seconds = time.perf_counter() - t0
+    with _timed(run) as elapsed:
+        r = subprocess.run(args)
+        seconds = elapsed()
     if r.returncode != 0:
         raise UserError(f"pretraining {cfg.name} into {run} failed (exit {r.returncode}); rerun compare to resume")
     prof = json.loads((run / PROFILE_FILE).read_text())
@@ -201,7 +218,7 @@ def pretrain_run(cfg: Path, data: str, run: Path, steps: int, encoder: dict, see
 def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, workers: int, seed: int,
                    init_from: str | None, encoder: dict | None = None) -> dict:
     """``finetune`` (from ``init_from`` or from scratch with ``encoder``) or a ``linear``/``cgp`` probe; evaluated
-    on the data's evaluation split."""
+    on the data's evaluation split. Its seconds count every invocation that worked on it (training and evaluation)."""
     if (r := _done(run)) is not None:
         return r
     from audiossl.checkpoint import classifier_from_checkpoint
@@ -209,35 +226,35 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
     from audiossl.demo import finetune
     from audiossl.evaluate import evaluate
 
-    t0 = time.perf_counter()
-    common = ["--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed)]
-    done = _progress(run)
-    if 0 < done < steps:  # interrupted: resume
-        common += ["--ckpt_path", "last"]
-    if done >= steps:  # trained, not yet evaluated
-        ckpt = str(run / "checkpoints" / "last.ckpt")
-    elif kind == "finetune":
-        extra = common + ["--model.pool", "mean"]
-        if init_from:
-            extra += ["--model.init_from", init_from]
-        for k, v in (encoder or {}).items():
-            extra += [f"--model.encoder.{k}", str(v)]
-        ckpt = finetune(cfg, data, run, steps, workers, *extra)
-    else:
-        from audiossl.probing import main as probe
+    with _timed(run) as elapsed:
+        common = ["--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed)]
+        done = _progress(run)
+        if 0 < done < steps:  # interrupted: resume
+            common += ["--ckpt_path", "last"]
+        if done >= steps:  # trained, not yet evaluated
+            ckpt = str(run / "checkpoints" / "last.ckpt")
+        elif kind == "finetune":
+            extra = common + ["--model.pool", "mean"]
+            if init_from:
+                extra += ["--model.init_from", init_from]
+            for k, v in (encoder or {}).items():
+                extra += [f"--model.encoder.{k}", str(v)]
+            ckpt = finetune(cfg, data, run, steps, workers, *extra)
+        else:
+            from audiossl.probing import main as probe
 
-        status = probe(["--config", str(cfg), "--data.root", data, "--model.init_from", init_from, "--model.probe",
-                        kind, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-                        "--trainer.default_root_dir", str(run), "--checkpoint_every_n_steps", str(steps),
-                        "--data.num_workers", str(workers), "--trainer.enable_progress_bar", "false", *common])
-        if status:
-            raise UserError(f"the {kind} probe into {run} failed")
-        ckpt = str(run / "checkpoints" / "last.ckpt")
-    metrics = evaluate(classifier_from_checkpoint(ckpt), AudioDataModule(data, num_workers=0, batch_size=64),
-                       run / "eval", progress=False)
-    print(f"{run.relative_to(run.parent.parent)}: accuracy {metrics['accuracy']:.3f}, mAP {metrics['mAP']:.3f}")
-    return _finish(run, {**{k: metrics[k] for k in ("accuracy", "mAP", "mAUC") if k in metrics},
-                         "seconds": time.perf_counter() - t0})
+            status = probe(["--config", str(cfg), "--data.root", data, "--model.init_from", init_from, "--model.probe",
+                            kind, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+                            "--trainer.default_root_dir", str(run), "--checkpoint_every_n_steps", str(steps),
+                            "--data.num_workers", str(workers), "--trainer.enable_progress_bar", "false", *common])
+            if status:
+                raise UserError(f"the {kind} probe into {run} failed")
+            ckpt = str(run / "checkpoints" / "last.ckpt")
+        metrics = evaluate(classifier_from_checkpoint(ckpt), AudioDataModule(data, num_workers=0, batch_size=64),
+                           run / "eval", progress=False)
+        print(f"{run.relative_to(run.parent.parent)}: accuracy {metrics['accuracy']:.3f}, mAP {metrics['mAP']:.3f}")
+        return _finish(run, {**{k: metrics[k] for k in ("accuracy", "mAP", "mAUC") if k in metrics},
+                             "seconds": elapsed()})
 
 
 def run_seconds(summary: dict) -> tuple[float, int]:

@@ -54,14 +54,30 @@ def test_rerun_continues(compared, synth_root):
     assert main(["--data", synth_root, "--out", str(compared), *ARGS]) == 0
     after = json.loads((compared / "compare.json").read_text())
     assert os.path.getmtime(compared / "runs" / "mae" / "pretrain" / "checkpoints" / "last.ckpt") == stamp
-    metrics = ("accuracy", "mAP", "mAUC")  # re-evaluated, not retrained (its seconds are now the evaluation's only)
+    # re-evaluated, not retrained; its seconds: the training's and both evaluations'
+    metrics = ("accuracy", "mAP", "mAUC")
     assert {k: after["eat"]["finetune"][k] for k in metrics} == {k: before["eat"]["finetune"][k] for k in metrics}
-    assert after["eat"]["finetune"]["seconds"] < before["eat"]["finetune"]["seconds"]
+    spent = json.loads((compared / "runs" / "eat" / "finetune" / "elapsed_seconds.json").read_text())
+    assert before["eat"]["finetune"]["seconds"] < after["eat"]["finetune"]["seconds"] <= spent
     assert after["stage_seconds"].keys() <= before["stage_seconds"].keys()
     # the table's total counts every run it rests on, the first invocation's included, not just this quick call
     assert after["untimed_runs"] == 0 and after["total_seconds"] > 2 * after["invocation_seconds"]
     assert abs(after["total_seconds"] - before["total_seconds"]) < 0.5 * before["total_seconds"]
     assert f"Total {after['total_seconds'] / 60:.1f} min of runs." in (compared / "compare.md").read_text()
+
+
+def test_interrupted_invocations_count_toward_a_runs_seconds(tmp_path):
+    import time
+
+    from audiossl.compare import _timed
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), _timed(run):  # Ctrl-C mid-run
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+    with _timed(run) as elapsed:  # the resumed invocation starts from the first one's time
+        assert 0.05 <= elapsed() < 5
+    assert json.loads((run / "elapsed_seconds.json").read_text()) >= 0.05
 
 
 def test_budget_arithmetic_and_bad_flags():
