@@ -23,6 +23,7 @@ looks like a URL but is none of these (``ftp://...``, ``az://...``, ``s3:/bucket
 a URL never silently becomes a local folder. Nothing here logs credentials or signed URLs' queries.
 
 Faults: every remote read and write is retried on transient errors (connection resets, time-outs, 5xx, throttling)
+(an https:// request that gets no bytes for ``AUDIOSSL_HTTP_TIMEOUT`` seconds, default 60, is one that timed out)
 ``IOOptions.retries`` times with exponential back-off and jitter; a missing object or a refused permission is not
 retried. Shards are streamed in chunks by a background thread that keeps ``readahead_chunks`` chunks ahead of the
 reader; a failed chunk is fetched again from its offset (a pipe is re-run and the bytes already read skipped).
@@ -57,6 +58,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _SAFE_REL = re.compile(r"[A-Za-z0-9._/-]+")  # what a manifest path may hold when it is pasted into a shell command
 _MAX_WAIT = 30.0
 _WARN_RETRIES = 20  # retry warnings per process; then only the counts
+HTTP_TIMEOUT = 60.0  # seconds an http(s) connect or read may wait for bytes (env AUDIOSSL_HTTP_TIMEOUT)
 
 
 class StorageError(UserError, OSError):
@@ -227,7 +229,15 @@ def filesystem(url: str):
     s = check_url(url)
     import fsspec
 
-    return fsspec.filesystem({"gcs": "gs"}.get(s, s))
+    kwargs = {}
+    if s in ("http", "https"):
+        # aiohttp's default is 5 minutes for a whole request and no read limit: a stalled connection would hold a
+        # reader that long before it is retried
+        import aiohttp
+
+        t = float(os.environ.get("AUDIOSSL_HTTP_TIMEOUT") or HTTP_TIMEOUT)
+        kwargs["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)}
+    return fsspec.filesystem({"gcs": "gs"}.get(s, s), **kwargs)
 
 
 def _pipe_read_all(url: str) -> bytes:

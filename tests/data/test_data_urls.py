@@ -187,6 +187,38 @@ def test_a_shard_that_never_answers_is_skipped_counted_and_the_batch_counts_hold
     assert "1 shards unreadable after retries" in caplog.text
 
 
+def test_a_server_that_accepts_and_never_answers_times_out_and_is_retried(monkeypatch):
+    """A stalled connection (accepted, no bytes back) is a time-out after AUDIOSSL_HTTP_TIMEOUT seconds, retried,
+    then an error naming the file, instead of holding the reader for aiohttp's 5-minute default."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+
+    def accept_forever():
+        while True:
+            try:
+                held.append(listener.accept()[0])  # never read, never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    monkeypatch.setenv("AUDIOSSL_HTTP_TIMEOUT", "0.5")
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/ds/manifest.json"
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(storage.StorageError, match="manifest.json.*gave up after 2 attempts"):
+            storage.read_bytes(url, storage.IOOptions(retries=1, retry_wait=0.0))
+    finally:
+        listener.close()
+        for c in held:
+            c.close()
+    assert time.perf_counter() - t0 < 20 and len(held) >= 2  # two attempts, each given up after ~0.5 s
+
+
 # --- read-ahead and cache ---------------------------------------------------------------------------------------------
 def test_the_next_shard_is_fetched_while_the_current_one_is_read(served_root):
     from audiossl.data.pipeline import _interleave, _Samples, shard_refs
