@@ -175,7 +175,10 @@ def _timed(run: Path):
     included; not a hard kill), and yields a function giving the run's seconds so far, earlier invocations of a
     resumed run counted."""
     f = run / ELAPSED_FILE
-    before = float(json.loads(f.read_text())) if f.is_file() else 0.0
+    try:
+        before = float(json.loads(f.read_text())) if f.is_file() else 0.0
+    except ValueError:  # cut short by a hard kill mid-write: that run's earlier time is lost, not its result
+        before = 0.0
     t0 = time.perf_counter()
     try:
         yield lambda: before + time.perf_counter() - t0

@@ -78,6 +78,9 @@ def test_interrupted_invocations_count_toward_a_runs_seconds(tmp_path):
     with _timed(run) as elapsed:  # the resumed invocation starts from the first one's time
         assert 0.05 <= elapsed() < 5
     assert json.loads((run / "elapsed_seconds.json").read_text()) >= 0.05
+    (run / "elapsed_seconds.json").write_text("")  # a hard kill mid-write
+    with _timed(run) as elapsed:
+        assert elapsed() < 0.05
 
 
 def test_budget_arithmetic_and_bad_flags():
