@@ -381,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--data {src}: neither a prepared dataset folder (manifest.json) nor a .csv")
     if (base := _done(runs / "baseline")) is None:
         (runs / "baseline").mkdir(exist_ok=True)
-        t0 = time.perf_counter()
-        r = S.run("baseline", baseline, data)
-        base = _finish(runs / "baseline", {**{k: r[k] for k in ("accuracy", "mAP", "mAUC") if k in r},
-                                           "seconds": time.perf_counter() - t0})
+        with _timed(runs / "baseline") as elapsed:
+            r = S.run("baseline", baseline, data)
+            base = _finish(runs / "baseline", {**{k: r[k] for k in ("accuracy", "mAP", "mAUC") if k in r},
+                                               "seconds": elapsed()})
     from audiossl.data.manifest import read_manifest
 
     multi = bool(read_manifest(data).multi_label)

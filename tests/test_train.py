@@ -276,6 +276,7 @@ def test_stats_follow_the_config_front_end_and_other_stats_warn(synth_root, tmp_
     old = {**stats, "front_end": {k: v for k, v in stats["front_end"].items()
                                   if k not in ("window_type", "waveform_scale")}}
     assert stats_mismatch(old, fe) == [] and stats_mismatch(old, povey) == stats_mismatch(stats, povey)
+    assert stats_mismatch(default, FrontEndConfig(spectrogram="mel_db_minmax", num_mel_bins=64)) == []  # BAT: none used
     with pytest.raises(ConfigError, match="uses no dataset statistics"):
         config_front_end(config("pretrain", "bat_small.yaml"))
     assert main([str(root), "--config", config("pretrain", "bat_small.yaml"), "--quiet"]) == 1

@@ -33,6 +33,18 @@ STATS_KEYS = ("sample_rate", "num_mel_bins", "frame_length", "frame_shift", "win
 _STATS_DEFAULTS = {"window_type": "hanning", "waveform_scale": 1.0}
 
 
+def uses_stats(fe: FrontEndConfig) -> bool:
+    """Whether ``fe`` normalises with dataset statistics (the kaldi fbank); ``mel_db_minmax`` scales each clip by
+    its own range."""
+    return fe.spectrogram == "kaldi"
+
+
+def _require_stats(fe: FrontEndConfig, where: str) -> None:
+    if not uses_stats(fe):
+        raise ConfigError(f"{where}the {fe.spectrogram} front end scales each clip by its own range and uses no "
+                          "dataset statistics; nothing to measure")
+
+
 def read_config_yaml(path: str | Path) -> dict:
     """A training config YAML as a dict (``ConfigError``, a ValueError, when it cannot be read or is not a mapping)."""
     import yaml
@@ -53,17 +65,15 @@ def config_front_end(path: str | Path) -> FrontEndConfig:
     model = cfg.get("model")
     model = model.get("init_args", model) if isinstance(model, dict) else {}
     fe = FrontEndConfig.from_dict((model.get("front_end") if isinstance(model, dict) else None) or {})
-    if fe.spectrogram != "kaldi":
-        raise ConfigError(f"{path}: its front end ({fe.spectrogram}) scales each clip by its own range and uses no "
-                          "dataset statistics; nothing to measure")
+    _require_stats(fe, f"{path}: ")
     return FrontEndConfig.from_dict({k: getattr(fe, k) for k in STATS_KEYS})
 
 
 def stats_mismatch(stats: dict | None, front_end: FrontEndConfig) -> list[str]:
     """The settings (``name stats/ours``) where the front end ``stats`` were measured with differs from
-    ``front_end``; empty when they agree or the stats do not record theirs."""
+    ``front_end``; empty when they agree, the stats do not record theirs, or ``front_end`` uses no statistics."""
     theirs = (stats or {}).get("front_end") or {}
-    if not theirs:
+    if not theirs or not uses_stats(front_end):
         return []
     theirs = {**_STATS_DEFAULTS, **theirs}
     out = []
@@ -100,9 +110,7 @@ def compute_stats(
     from tqdm import tqdm
 
     fe = front_end or FrontEndConfig()
-    if fe.spectrogram != "kaldi":
-        raise ConfigError(f"the {fe.spectrogram} front end scales each clip by its own range and uses no dataset "
-                          "statistics")
+    _require_stats(fe, "")
     info = read_manifest(root).split(split)
     plan = _chosen_positions([s.samples for s in info.shards], max_clips, seed)
     n_clips = sum(s.samples if p is None else len(p) for s, p in zip(info.shards, plan))

@@ -241,7 +241,7 @@ def resolve_front_end(front_end: dict | None, data_stats: dict | None) -> FrontE
             used |= bool(data_stats and data_stats.get(key) is not None)
             fe[key] = float(data_stats[key]) if data_stats and data_stats.get(key) is not None else default
     config = FrontEndConfig.from_dict(fe)
-    if used and config.spectrogram == "kaldi" and (differ := stats_mismatch(data_stats, config)):
+    if used and (differ := stats_mismatch(data_stats, config)):
         rank_zero_warn(f"the dataset's statistics were measured with another front end ({', '.join(differ)}: stats/"
                        "this run); the features are normalised slightly off. Remeasure with `audiossl stats DIR "
                        "--config THIS_CONFIG.yaml`")
