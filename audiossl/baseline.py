@@ -51,10 +51,10 @@ def fbank_features(fb: torch.Tensor, temporal: bool = False) -> torch.Tensor:
 
 def clip_features(root: str, split: str, temporal: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per clip of ``split``: features ``[N, D]``, multi-hot targets ``[N, C]`` and the sample keys."""
-    from audiossl import audio
+    from audiossl.frontend import audio
     from audiossl.data.manifest import read_manifest
     from audiossl.data.pipeline import read_shard
-    from audiossl.features import kaldi_fbank, num_frames
+    from audiossl.frontend.features import kaldi_fbank, num_frames
 
     m = read_manifest(root)
     rate = m.sample_rate or 16000

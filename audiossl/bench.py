@@ -91,7 +91,7 @@ def bench_fbank(clips: int = 64, seconds: float = 10.0, repeats: int = 5, device
         raise UserError(f"bench fbank compares with torchaudio, which does not load here ({e}); install the "
                         "[test] extra (or a torchaudio built for this torch)") from None
 
-    from audiossl.features import kaldi_fbank
+    from audiossl.frontend.features import kaldi_fbank
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(clips, int(16000 * seconds), generator=g) * 0.1).to(device)

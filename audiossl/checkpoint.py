@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from audiossl import __version__
 from audiossl.errors import CheckpointError, ExportError
-from audiossl.features import FrontEndConfig
+from audiossl.frontend.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig
 

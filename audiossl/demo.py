@@ -245,7 +245,7 @@ def evaluate_all(runs: dict[str, str], data: str, out: Path) -> dict[str, dict]:
 def export_and_plot(ckpt: str, labelled: str, out: Path) -> dict:
     import soundfile as sf
 
-    from audiossl import audio
+    from audiossl.frontend import audio
     from audiossl.data.manifest import read_manifest
     from audiossl.data.pipeline import read_shard
     from audiossl.export import export_checkpoint, load_model

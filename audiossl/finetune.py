@@ -42,9 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from audiossl.augment import mix_pairs, mixup, roll_and_gain, spec_augment
+from audiossl.frontend.augment import mix_pairs, mixup, roll_and_gain, spec_augment
 from audiossl.errors import ConfigError
-from audiossl.features import FEATURE_KEYS, FrontEnd
+from audiossl.frontend.features import FEATURE_KEYS, FrontEnd
 from audiossl.masking import time_freq_keep
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig, pool_tokens

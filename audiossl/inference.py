@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Union
 import numpy as np
 import torch
 
-from audiossl import audio as audio_io
+from audiossl.frontend import audio as audio_io
 from audiossl.errors import MissingHeadError
 from audiossl.runners import OnnxRunner, TorchRunner, make_runner  # noqa: F401  (part of this module's API)
 

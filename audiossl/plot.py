@@ -53,7 +53,7 @@ def _draw_mel(ax, fig, feats: torch.Tensor, frame_shift_ms: float, colorbar: boo
 def plot_mel(audio, out_png, width: int = 1000, height: int = 400, front_end=None, sample_rate: int | None = None,
              title: str | None = None) -> Path:
     """The log-mel spectrogram (the model front end's fbank, before normalisation) of a file or waveform."""
-    from audiossl.features import FrontEnd
+    from audiossl.frontend.features import FrontEnd
     from audiossl.inference import describe, log_mel, to_waveform
 
     fe = front_end if isinstance(front_end, FrontEnd) else FrontEnd(front_end)
@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
                 ap.error(f"--{name} must be positive")
     if args.width is not None and args.width < 1 or args.height is not None and args.height < 1:
         ap.error("--width and --height must be at least 1")
-    from audiossl.audio import AudioDecodeError
+    from audiossl.frontend.audio import AudioDecodeError
     from audiossl.checkpoint import CheckpointError
     from audiossl.errors import output_file
     from audiossl.export import ExportError, load_model

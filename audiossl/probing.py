@@ -26,7 +26,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from audiossl.features import FrontEnd
+from audiossl.frontend.features import FrontEnd
 from audiossl.finetune import gather_strings, gather_variable
 from audiossl.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig

@@ -5,7 +5,7 @@
 1. Makes ``--clips`` WAV files of ``--seconds`` s at 44.1 kHz stereo (synthetic-corpus audio), the typical input of a
    conversion, and converts them with ``audiossl prep folder`` logic using 1 and 2 worker processes (decode,
    resample to 16 kHz, FLAC encode, tar): clips/s.
-2. Times FLAC decoding alone (``audiossl.audio.load`` from bytes) per clip: the floor of the reading cost.
+2. Times FLAC decoding alone (``audiossl.frontend.audio.load`` from bytes) per clip: the floor of the reading cost.
 3. Streams the shards through ``AudioDataModule``'s training loader (shuffle buffer, decode, random crop to
    ``--seconds``, batches of 32) in the main process and with 1 and 2 DataLoader workers: clips/s in steady state
    (one long epoch, after its first batch), and the ratio to decoding alone.
@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.data import AudioDataModule, read_manifest
 from audiossl.data.pipeline import read_shard
 from audiossl.data.writer import WriterOptions
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         mb = sum(s.bytes for s in m.split("train").shards) / m.split("train").samples / 1e3
         print(f"shards: {len(m.split('train').shards)} x {m.params['shard_size']} clips, {mb:.0f} kB per clip")
         per_clip = bench_decode(root)
-        print(f"FLAC decode alone (audiossl.audio.load from bytes), 1 core: {per_clip * 1e3:.2f} ms per clip "
+        print(f"FLAC decode alone (audiossl.frontend.audio.load from bytes), 1 core: {per_clip * 1e3:.2f} ms per clip "
               f"= {1 / per_clip:.0f} clips/s", flush=True)
         for w in (0, 1, 2):
             rate, per_cpu = bench_stream(root, w, args.seconds)

@@ -128,7 +128,7 @@ def memory_gib(device: torch.device) -> float | None:
 
 # --- sections --------------------------------------------------------------------------------------------------------
 def bench_frontend(device: torch.device, cfg: dict) -> list[dict]:
-    from audiossl.features import FrontEnd, FrontEndConfig
+    from audiossl.frontend.features import FrontEnd, FrontEndConfig
 
     n = int(cfg["seconds"] * SAMPLE_RATE)
     fe = FrontEnd(FrontEndConfig(target_length=cfg["frames"])).to(device)

@@ -206,7 +206,7 @@ def phase_input(work: Path, state: dict) -> None:
     import matplotlib.pyplot as plt
 
     from audiossl.data import AudioDataModule
-    from audiossl.features import FrontEnd, FrontEndConfig
+    from audiossl.frontend.features import FrontEnd, FrontEndConfig
 
     state["stream"] = {o: stream_composition(work / f"shards_{o}", 62) for o in ("shuffled", "sorted")}
     dm = AudioDataModule(str(work / "shards_shuffled"), batch_size=32, num_workers=0, clip_seconds=2.0, seed=0)
@@ -330,7 +330,7 @@ def padding_attention(ckpt: str, data: str, batches: int = 4) -> dict:
 
 def _fresh_model(pool: str = "cls", block_style: str = "post", target_length: int = 192, mean=None, std=None):
     """A freshly initialised tiny.yaml classifier (seed 0)."""
-    from audiossl.features import FrontEndConfig
+    from audiossl.frontend.features import FrontEndConfig
     from audiossl.models.classifier import AudioClassifier, HeadConfig
     from audiossl.models.encoder import encoder_config
 

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from audiossl.audio import AUDIO_EXTENSIONS
+from audiossl.frontend.audio import AUDIO_EXTENSIONS
 from audiossl.data.labels import audioset_labels
 from audiossl.data.writer import (
     MISSING, Clip, LazyClips, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,

@@ -23,7 +23,7 @@ CHECKS = {
     "torchvision": "import torchvision, torch; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)",
     "torchaudio": "import torchaudio, torch; torchaudio.functional.lfilter(torch.zeros(8), torch.tensor([1., 0.]), "
                   "torch.tensor([1., 0.]))",
-    "audiossl": "import audiossl.features, audiossl.models, audiossl.data",
+    "audiossl": "import audiossl.frontend.features, audiossl.models, audiossl.data",
 }
 PACKAGES = ("torch", "torchvision", "torchaudio", "lightning", "timm")
 

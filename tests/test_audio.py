@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from audiossl.audio import AudioDecodeError, encode_flac, load, load_with_rate
+from audiossl.frontend.audio import AudioDecodeError, encode_flac, load, load_with_rate
 
 
 def tone(sr, seconds=1.0, freq=440.0, channels=1):
@@ -105,7 +105,7 @@ def test_wrong_extension_still_decodes_by_content(tmp_path):
                                      (32000, 16000), (11025, 16000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_resample_equals_torchaudio(src, dst, dtype):
-    from audiossl.audio import resample
+    from audiossl.frontend.audio import resample
 
     g = torch.Generator().manual_seed(src)
     x = torch.randn(2, 3, src // 3 + 11, generator=g, dtype=dtype)  # batched, odd length
@@ -115,7 +115,7 @@ def test_resample_equals_torchaudio(src, dst, dtype):
 
 
 def test_resample_bad_rates():
-    from audiossl.audio import resample
+    from audiossl.frontend.audio import resample
 
     with pytest.raises(ValueError):
         resample(torch.zeros(100), 44100.5, 16000)
@@ -135,8 +135,8 @@ def test_runtime_does_not_import_torchaudio(tmp_path):
     sf.write(tmp_path / "a.wav", tone(44100), 44100)
     code = (
         "import sys, torch\n"
-        "from audiossl.audio import load\n"
-        "from audiossl.features import FrontEnd\n"
+        "from audiossl.frontend.audio import load\n"
+        "from audiossl.frontend.features import FrontEnd\n"
         "from audiossl.models.classifier import AudioClassifier\n"
         f"w = load({str(tmp_path / 'a.wav')!r})\n"
         "m = AudioClassifier({'name': 'vit_tiny', 'depth': 1}, {'num_classes': 3}, {'target_length': 128})\n"

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from audiossl.baseline import logreg_baseline
 from audiossl.data.writer import WriterOptions
-from audiossl.features import kaldi_fbank
+from audiossl.frontend.features import kaldi_fbank
 from data_prep.folder import convert
 from helpers import synth_root  # noqa: F401  (fixture)
 

@@ -11,9 +11,9 @@ from bat_reference import bat_decoder, bat_encoder, bat_make_targets, bat_table
 from helpers import config, synth_root  # noqa: F401  (fixture)
 from test_features import speech_like
 
-from audiossl.features import FrontEnd, FrontEndConfig
+from audiossl.frontend.features import FrontEnd, FrontEndConfig
 from audiossl.masking import inverse_block_mask
-from audiossl.mel import htk_mel_banks, mel_power
+from audiossl.frontend.bat_mel import htk_mel_banks, mel_power
 from audiossl.models import AudioEncoder
 from audiossl.models.pos_embed import sincos_2d, sincos_bat
 from audiossl.objectives import BAT

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 import audiossl
 from audiossl.cli import main
 from audiossl.convert import ConversionError, convert_bat
-from audiossl.features import FrontEnd
+from audiossl.frontend.features import FrontEnd
 
 HEADS = 4
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchaudio.compliance import kaldi
 
-from audiossl.features import FrontEnd, FrontEndConfig, kaldi_fbank, num_frames
+from audiossl.frontend.features import FrontEnd, FrontEndConfig, kaldi_fbank, num_frames
 
 
 def reference(w, sample_rate=16000, num_mel_bins=128, frame_length=25.0, frame_shift=10.0):
@@ -53,7 +53,7 @@ def test_fbank_matches_torchaudio(n):
 @pytest.mark.parametrize("bins,n_fft,sr,high", [(128, 512, 16000.0, 8000.0), (64, 256, 8000.0, 4000.0),
                                                 (80, 1024, 44100.0, 22050.0), (23, 512, 16000.0, 7000.0)])
 def test_mel_banks_equal_torchaudio_bit_for_bit(bins, n_fft, sr, high):
-    from audiossl.features import kaldi_mel_banks
+    from audiossl.frontend.features import kaldi_mel_banks
 
     ref, _ = kaldi.get_mel_banks(bins, n_fft, sr, 20.0, 0.0 if high == sr / 2 else high, 100.0, -500.0, 1.0)
     ours = kaldi_mel_banks(bins, n_fft, sr, 20.0, high)
@@ -166,7 +166,7 @@ def test_povey_window_and_int16_scale_match_torchaudio(n):
 
 
 def test_beats_front_end_config_scales_and_windows():
-    from audiossl.features import BEATS_MEAN, BEATS_STD
+    from audiossl.frontend.features import BEATS_MEAN, BEATS_STD
 
     fe = FrontEnd(window_type="povey", waveform_scale=32768.0, mean=BEATS_MEAN, std=BEATS_STD, target_length=1000)
     w = speech_like(160000)

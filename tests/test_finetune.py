@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
-from audiossl.augment import beta, mixup, roll_and_gain, spec_augment
+from audiossl.frontend.augment import beta, mixup, roll_and_gain, spec_augment
 from audiossl.finetune import FinetuneModule, layer_decay_scales
 from audiossl.metrics import classification_metrics, d_prime
 from audiossl.models import create_encoder
@@ -278,7 +278,7 @@ def test_finetune_then_evaluate_writes_outputs(pretrained, synth_root, tmp_path)
 def test_pair_mixup_is_ast_dataset_mixup():
     """AST/AudioMAE ``__getitem__``: with probability p a clip is mixed with another clip, lam ~ Beta(10, 10) per clip,
     the partner cut to the clip's own length: w = lam w1 + (1 - lam) w2, y = lam y1 + (1 - lam) y2."""
-    from audiossl.augment import mix_pairs
+    from audiossl.frontend.augment import mix_pairs
 
     B, N = 8, 400
     w = torch.randn(B, N)

@@ -8,7 +8,7 @@ import torch
 from test_objectives import make
 
 from audiossl.export import export_onnx, load_model, save_model
-from audiossl.features import FrontEnd
+from audiossl.frontend.features import FrontEnd
 from audiossl.masking import inverse_block_mask, jepa_masks, random_mask, split_with_fillers
 from audiossl.models.classifier import AudioClassifier
 from audiossl.objectives import OBJECTIVES

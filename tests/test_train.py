@@ -243,7 +243,7 @@ def test_stats_follow_the_config_front_end_and_other_stats_warn(synth_root, tmp_
     from audiossl.data.manifest import read_manifest
     from audiossl.data.stats import compute_stats, config_front_end, main, stats_mismatch
     from audiossl.errors import ConfigError
-    from audiossl.features import FrontEndConfig
+    from audiossl.frontend.features import FrontEndConfig
     from audiossl.objectives.base import resolve_front_end
 
     root = tmp_path / "data"

@@ -167,7 +167,7 @@ def test_metrics_json_is_strict_json_when_a_metric_is_undefined(tmp_path):
 
 def test_dotted_overrides_of_dict_settings_get_the_field_types():
     """``--model.init_args.encoder.depth 2`` reaches the encoder spec as the text '2'."""
-    from audiossl.features import FrontEndConfig
+    from audiossl.frontend.features import FrontEndConfig
     from audiossl.models.encoder import build_encoder
 
     enc = build_encoder({"name": "vit_tiny", "depth": "2", "embed_dim": "64", "num_heads": "4", "qkv_bias": "false"})

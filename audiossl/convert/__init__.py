@@ -48,7 +48,7 @@ from audiossl.convert.eat import convert_eat, eat_pretraining_checkpoint, map_ea
 from audiossl.convert.hf_ast import convert_hf_ast, map_ast_state_dict
 from audiossl.errors import ExportError
 from audiossl.export import ONNX_FILE, export_onnx, save_model
-from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, BEATS_MEAN, BEATS_STD
+from audiossl.frontend.features import AUDIOSET_MEAN, AUDIOSET_STD, BEATS_MEAN, BEATS_STD
 from audiossl.models.classifier import AudioClassifier
 
 __all__ = ["FORMATS", "ConversionError", "ConversionReport", "convert", "convert_audiomae", "convert_bat",

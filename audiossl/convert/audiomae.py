@@ -11,7 +11,7 @@ from audiossl.convert.common import (
     ConversionError, ConversionReport, _block_count, _check_num_classes, _check_patch, _encoder_or_classifier,
     _fixed_positions, _heads, _unmapped_error, read_weights,
 )
-from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
+from audiossl.frontend.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
 from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 

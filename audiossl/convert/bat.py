@@ -33,7 +33,7 @@ from audiossl.convert.common import (
     _encoder_or_classifier, _heads, _unmapped_error, read_weights,
 )
 from audiossl.errors import CheckpointError
-from audiossl.features import FrontEndConfig
+from audiossl.frontend.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 from audiossl.models.pos_embed import sincos_bat

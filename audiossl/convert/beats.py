@@ -46,7 +46,7 @@ from audiossl.convert.common import (
 )
 from audiossl.checkpoint import safe_torch_load
 from audiossl.errors import CheckpointError
-from audiossl.features import BEATS_MEAN, BEATS_STD, FrontEndConfig
+from audiossl.frontend.features import BEATS_MEAN, BEATS_STD, FrontEndConfig
 from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import BEATS_OPTIONS, EncoderConfig
 

@@ -14,7 +14,7 @@ import torch
 
 from audiossl.checkpoint import load_weights, read_safetensors, safe_torch_load
 from audiossl.errors import CheckpointError, ExportError, UserError
-from audiossl.features import FrontEndConfig
+from audiossl.frontend.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import EncoderConfig
 from audiossl.models.pos_embed import sincos_2d

@@ -11,7 +11,7 @@ import torch
 from audiossl.convert.common import (
     ConversionError, ConversionReport, _check_num_classes, _encoder_or_classifier, _unmapped_error, read_weights,
 )
-from audiossl.features import FrontEndConfig
+from audiossl.frontend.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier
 from audiossl.models.encoder import EncoderConfig
 

@@ -65,7 +65,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import base_plus_ext
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.data import storage
 from audiossl.data.manifest import Manifest
 from audiossl.errors import DatasetError

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.data import storage
 from audiossl.data.manifest import read_manifest, write_manifest
 from audiossl.data.pipeline import read_shard
 from audiossl.errors import ConfigError
-from audiossl.features import FrontEndConfig, kaldi_fbank
+from audiossl.frontend.features import FrontEndConfig, kaldi_fbank
 
 log = logging.getLogger("audiossl.data")
 _BATCH = 32

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import webdataset as wds
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.data import storage
 from audiossl.data.labels import LabelSpace
 from audiossl.data.manifest import (
@@ -96,7 +96,7 @@ class Clip:
 
     ``meta`` is stored as the sample's json (``id``, ``labels``, ``label_idx``, ``source`` and, where they exist,
     ``fold``, ``start``, ``weight``); the writer adds ``duration`` and ``sample_rate``. Audio comes from ``path``
-    (any format :func:`audiossl.audio.load` reads) or from ``render()`` -> ``(wave [N] float in [-1, 1], rate)``,
+    (any format :func:`audiossl.frontend.audio.load` reads) or from ``render()`` -> ``(wave [N] float in [-1, 1], rate)``,
     which must be picklable (a module-level function or a ``functools.partial`` of one).
     """
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from audiossl.config_dict import DictConfig
 from audiossl import inference
 from audiossl.errors import MissingHeadError
-from audiossl.features import FrontEnd, FrontEndConfig
+from audiossl.frontend.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 from audiossl.probes import LAYER_PROBES, build_layer_probe
 

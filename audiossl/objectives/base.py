@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from audiossl.data.stats import stats_mismatch
 from audiossl.errors import DatasetError
-from audiossl.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEnd, FrontEndConfig
+from audiossl.frontend.features import AUDIOSET_MEAN, AUDIOSET_STD, FrontEnd, FrontEndConfig
 from audiossl.models import build_encoder
 from audiossl.objectives.ema import EMATeacher
 

@@ -15,7 +15,7 @@ import torch
 from datahelpers import build, make_clips, read_json, shard_keys
 from torch.utils.data import DataLoader
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.data import AudioDataModule
 from audiossl.data.pipeline import batches_per_rank, deal, read_shard, shard_refs, worker_batches
 from audiossl.data.manifest import read_manifest, write_manifest

@@ -11,7 +11,7 @@ import torch
 import torchaudio
 from datahelpers import build, render_tone, shard_keys
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.cli import main as cli_main
 from audiossl.data import AudioDataModule
 from audiossl.data.manifest import read_manifest

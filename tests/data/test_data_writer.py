@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from datahelpers import build, make_clips, read_json, render_tone, shard_keys, tone, write_audio
 
-from audiossl import audio
+from audiossl.frontend import audio
 from audiossl.data import writer as writer_mod
 from audiossl.data.manifest import read_manifest
 from audiossl.data.pipeline import read_shard

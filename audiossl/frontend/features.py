@@ -16,7 +16,7 @@ equivalent "pre-emphasise the whole waveform, then correct for the mean" is fast
 cancellation (errors ~2e-3 in log energy on plain noise).
 
 ``FrontEnd`` wraps it with the pad/crop and normalisation of the reference recipes; its config travels with every
-checkpoint and export. ``spectrogram: mel_db_minmax`` switches it to BAT's front end (``audiossl.mel``: centred power
+checkpoint and export. ``spectrogram: mel_db_minmax`` switches it to BAT's front end (``audiossl.frontend.bat_mel``: centred power
 mel -> dB with a per-clip top_db floor -> per-clip min-max to [0, 1] over the real frames -> padding 0 after
 normalising; ``frame_length`` 64 ms = n_fft 1024, ``frame_shift`` 10 ms = hop 160; mean/std unused).
 """
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from audiossl.config_dict import DictConfig
-from audiossl.mel import db_minmax, mel_power
+from audiossl.frontend.bat_mel import db_minmax, mel_power
 
 # torchaudio's kaldi uses the float32 machine epsilon as the log floor, whatever the input dtype.
 _LOG_FLOOR = float(torch.finfo(torch.float32).eps)
@@ -213,7 +213,7 @@ class FrontEndConfig(DictConfig):
     mask_padding: bool = True
     window_type: str = "hanning"  # "povey" for BEATs
     waveform_scale: float = 1.0  # the waveform is multiplied by this before the fbank (BEATs: 32768, int16 range)
-    spectrogram: str = "kaldi"  # "kaldi" (kaldi fbank, mean/std) or "mel_db_minmax" (BAT: audiossl.mel)
+    spectrogram: str = "kaldi"  # "kaldi" (kaldi fbank, mean/std) or "mel_db_minmax" (BAT: audiossl.frontend.bat_mel)
     top_db: float = 80.0  # mel_db_minmax: dB floor below each clip's maximum
 
 
