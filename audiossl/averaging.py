@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from audiossl.checkpointing import AtomicCheckpointIO
+from audiossl.hub.checkpoint_writer import AtomicCheckpointIO
 from audiossl.errors import ConfigError
 
 

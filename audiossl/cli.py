@@ -69,7 +69,7 @@ register_verb("evaluate", "audiossl.evaluate:main", "mAP / mAUC / d-prime / accu
 register_verb("compare", "audiossl.compare:main", "every objective on one encoder, data and budget: one table")
 register_verb("demo", "audiossl.demo:main", "the end-to-end demo: synthetic corpus (make demo) or your own CSV (--csv)")
 register_verb("bench", "audiossl.bench:main", "benchmarks: front end, encoder, training steps (ratios vs baselines)")
-register_verb("export", "audiossl.export:main", "checkpoint -> model.safetensors + config.json (+ ONNX)")
+register_verb("export", "audiossl.hub.export:main", "checkpoint -> model.safetensors + config.json (+ ONNX)")
 register_verb("predict", "audiossl.predict_cli:main", "top-k labels of audio files with an exported model")
 register_verb("convert", "audiossl.convert:main", "import published AST/EAT/SSLAM/AudioMAE/BAT weights")
 register_verb("plot", "audiossl.plot:main", "plots: log-mel, predictions over time, training curves")

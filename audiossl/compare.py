@@ -164,7 +164,7 @@ def _progress(run: Path) -> int:
     last = run / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return 0
-    from audiossl.checkpoint import safe_torch_load
+    from audiossl.hub.reader import safe_torch_load
 
     return int(safe_torch_load(last, mmap=True).get("global_step", 0))
 
@@ -224,7 +224,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
     on the data's evaluation split. Its seconds count every invocation that worked on it (training and evaluation)."""
     if (r := _done(run)) is not None:
         return r
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
     from audiossl.demo import finetune
     from audiossl.evaluate import evaluate

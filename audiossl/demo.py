@@ -189,7 +189,7 @@ def compute_stats(data: str, cfg: Path) -> dict:
 def scratch_encoder(ckpt: str) -> str:
     """The ``--model.encoder`` of the from-scratch run: the pretrained encoder's architecture (block style, sizes,
     positions) as a JSON spec, so the two fine-tuning runs differ in their initial weights only."""
-    from audiossl.checkpoint import read_checkpoint
+    from audiossl.hub.reader import read_checkpoint
 
     return json.dumps(read_checkpoint(ckpt)["audiossl"]["encoder"])
 
@@ -228,7 +228,7 @@ def finetune(cfg: Path, data: str, root: Path, steps: int, workers: int, *extra:
 
 
 def evaluate_all(runs: dict[str, str], data: str, out: Path) -> dict[str, dict]:
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
     from audiossl.evaluate import evaluate
 
@@ -248,7 +248,7 @@ def export_and_plot(ckpt: str, labelled: str, out: Path) -> dict:
     from audiossl.frontend import audio
     from audiossl.data.manifest import read_manifest
     from audiossl.data.pipeline import read_shard
-    from audiossl.export import export_checkpoint, load_model
+    from audiossl.hub.export import export_checkpoint, load_model
     from audiossl.plot import plot_predictions, plot_training_curves
 
     export_checkpoint(ckpt, out / "model")

@@ -36,11 +36,11 @@ def load_classifier(path: str):
     """A classifier from a fine-tuning checkpoint or an export directory."""
     p = Path(path)
     if p.is_dir():
-        from audiossl.export import load_model
+        from audiossl.hub.export import load_model
 
         model = load_model(p)
     else:
-        from audiossl.checkpoint import classifier_from_checkpoint
+        from audiossl.hub.reader import classifier_from_checkpoint
 
         model = classifier_from_checkpoint(p)
     if not model.has_head:
@@ -126,7 +126,7 @@ def checkpoint_step(path) -> int | None:
     """The optimizer step a Lightning checkpoint was written at (``None`` for an export directory)."""
     if Path(path).is_dir():
         return None
-    from audiossl.checkpoint import safe_torch_load
+    from audiossl.hub.reader import safe_torch_load
 
     step = safe_torch_load(path, mmap=True).get("global_step")
     return int(step) if step is not None else None

@@ -205,7 +205,7 @@ class FinetuneModule(SeededSteps, L.LightningModule):
         hp = self.hparams
         init_encoder, init_fe = None, None
         if hp.init_from:
-            from audiossl.checkpoint import encoder_from_checkpoint
+            from audiossl.hub.reader import encoder_from_checkpoint
 
             init_encoder, init_fe = encoder_from_checkpoint(hp.init_from)
             cfg = init_encoder.config.to_dict()

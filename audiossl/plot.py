@@ -54,7 +54,7 @@ def plot_mel(audio, out_png, width: int = 1000, height: int = 400, front_end=Non
              title: str | None = None) -> Path:
     """The log-mel spectrogram (the model front end's fbank, before normalisation) of a file or waveform."""
     from audiossl.frontend.features import FrontEnd
-    from audiossl.inference import describe, log_mel, to_waveform
+    from audiossl.models.inference import describe, log_mel, to_waveform
 
     fe = front_end if isinstance(front_end, FrontEnd) else FrontEnd(front_end)
     wave = to_waveform(audio, fe.config.sample_rate, sample_rate)
@@ -74,7 +74,7 @@ def plot_predictions(model, audio, out_png, top_k: int = 5, window: float | None
     Probabilities come from windows of ``window`` seconds (default: 1 s or the model's window if shorter) every
     ``hop`` seconds (default: a quarter window), each padded to the model's input as a clip of that length would be.
     """
-    from audiossl.inference import describe, windowed_probabilities
+    from audiossl.models.inference import describe, windowed_probabilities
 
     c = model.front_end.config
     model_window = c.target_length * c.frame_shift / 1000.0
@@ -190,9 +190,9 @@ def main(argv: list[str]) -> int:
     if args.width is not None and args.width < 1 or args.height is not None and args.height < 1:
         ap.error("--width and --height must be at least 1")
     from audiossl.frontend.audio import AudioDecodeError
-    from audiossl.checkpoint import CheckpointError
+    from audiossl.hub.reader import CheckpointError
     from audiossl.errors import output_file
-    from audiossl.export import ExportError, load_model
+    from audiossl.hub.export import ExportError, load_model
 
     inputs = (args.file,) if args.what != "curves" else ()
     try:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from audiossl.errors import CheckpointError, ExportError, resolve_device
-from audiossl.export import ONNX_FILE, load_model
-from audiossl.inference import AGGREGATIONS, FileResult, _no_head_reason, predict_files
-from audiossl.runners import OnnxRunner
+from audiossl.hub.export import ONNX_FILE, load_model
+from audiossl.models.inference import AGGREGATIONS, FileResult, _no_head_reason, predict_files
+from audiossl.models.runners import OnnxRunner
 
 
 def _format_text(r: FileResult) -> str:

@@ -11,7 +11,7 @@ teacher`` for the EMA teacher), fine-tuned classifiers, and exported or converte
 ...).
 
 * ``probe``: ``cgp`` (Convex Gated Probing), ``linear`` (BAT's: final CLS -> LayerNorm -> dropout -> Linear),
-  ``lcgp`` or ``h2t`` (``audiossl.probes``).
+  ``lcgp`` or ``h2t`` (``audiossl.models.probe_heads``).
 * Loss: multi-label data -> the asymmetric loss (gamma- 1, gamma+ 0, clip 0; ``loss: bce`` for BCE), single-label ->
   cross-entropy; ``h2t`` adds ``lasso_weight`` x its group-lasso penalty.
 * Optimiser: AdamW (0.9, 0.999), weight decay on the weight matrices only (not on biases, norms, the CGP prototypes
@@ -35,7 +35,7 @@ from audiossl.objectives.base import (
     CHECKPOINT_FORMAT, SeededSteps, check_sample_rate, data_target_length, labelled_datamodule, resolve_front_end,
     total_steps, warmup_cosine,
 )
-from audiossl.probes import NO_DECAY, asymmetric_loss
+from audiossl.models.probe_heads import NO_DECAY, asymmetric_loss
 
 PROBE_KINDS = ("cgp", "linear", "lcgp", "h2t")
 
@@ -126,7 +126,7 @@ class ProbeModule(SeededSteps, L.LightningModule):
         hp = self.hparams
         if hp.init_from is None:
             return build_encoder(dict(hp.encoder)), None
-        from audiossl.checkpoint import encoder_from_checkpoint
+        from audiossl.hub.reader import encoder_from_checkpoint
 
         prefix = "teacher.model." if hp.encoder_weights == "teacher" else None
         enc, fe = encoder_from_checkpoint(hp.init_from, prefix=prefix)

@@ -68,7 +68,7 @@ class AudioSSLCLI(LightningCLI):
     """LightningCLI with audiossl's run-directory conventions."""
 
     default_root = "runs/train"
-    keep_best = False  # fine-tuning: also keep checkpoints/best.ckpt (audiossl.checkpointing.BestCheckpoint)
+    keep_best = False  # fine-tuning: also keep checkpoints/best.ckpt (audiossl.hub.checkpoint_writer.BestCheckpoint)
 
     def parse_arguments(self, parser, args) -> None:
         from jsonargparse import ArgumentError
@@ -105,7 +105,7 @@ class AudioSSLCLI(LightningCLI):
         # (a run's saved config.yaml already lists RunCheckpoint and RequeueOnSignal: not twice)
         if not any(n in str(getattr(c, "class_path", c)) for c in callbacks for n in ("ModelCheckpoint", "RunCheckpoint")):
             callbacks.append({
-                "class_path": "audiossl.checkpointing.RunCheckpoint",
+                "class_path": "audiossl.hub.checkpoint_writer.RunCheckpoint",
                 "init_args": {
                     "dirpath": os.path.join(root, "checkpoints"),
                     "filename": "step{step:08d}",
@@ -117,7 +117,7 @@ class AudioSSLCLI(LightningCLI):
                 },
             })
         if self.keep_best and not any("BestCheckpoint" in str(getattr(c, "class_path", c)) for c in callbacks):
-            callbacks.append({"class_path": "audiossl.checkpointing.BestCheckpoint",
+            callbacks.append({"class_path": "audiossl.hub.checkpoint_writer.BestCheckpoint",
                               "init_args": {"dirpath": os.path.join(root, "checkpoints")}})
         if not any("RequeueOnSignal" in str(getattr(c, "class_path", c)) for c in callbacks):
             # SIGUSR1 (SLURM's --signal=SIGUSR1@90): save hpc_ckpt_N.ckpt at the next step on all ranks, requeue, stop
@@ -125,7 +125,7 @@ class AudioSSLCLI(LightningCLI):
         t.callbacks = callbacks
         plugins = t.plugins if isinstance(t.plugins, list) else ([t.plugins] if t.plugins else [])
         if not any("CheckpointIO" in str(getattr(p, "class_path", p)) for p in plugins):
-            plugins.append({"class_path": "audiossl.checkpointing.AtomicCheckpointIO"})
+            plugins.append({"class_path": "audiossl.hub.checkpoint_writer.AtomicCheckpointIO"})
         t.plugins = plugins
         if t.precision is None:
             t.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
@@ -229,7 +229,7 @@ def check_resume(model, path: str, datamodule=None) -> None:
     """Fail early, in one line, when ``path`` cannot resume this run: not an audiossl checkpoint, the other verb's
     kind, another objective, another encoder or (fine-tuning) other labels than the dataset's (Lightning would print
     a long state-dict error instead)."""
-    from audiossl.checkpoint import check_checkpoint, safe_torch_load
+    from audiossl.hub.reader import check_checkpoint, safe_torch_load
     from audiossl.config_dict import config_differences
     from audiossl.models.encoder import WEIGHT_NEUTRAL
 

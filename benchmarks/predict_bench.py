@@ -26,8 +26,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiossl.export import export_onnx
-from audiossl.inference import OnnxRunner, TorchRunner, predict_files
+from audiossl.hub.export import export_onnx
+from audiossl.models.inference import OnnxRunner, TorchRunner, predict_files
 from audiossl.models.classifier import AudioClassifier
 
 

@@ -288,7 +288,7 @@ def _clean(root: Path) -> None:
 def padding_attention(ckpt: str, data: str, batches: int = 4) -> dict:
     """CLS -> patch attention of a fine-tuned model on evaluation clips: the share that lands on patches holding no
     real audio, per layer, against the share of such patches."""
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
 
     model = classifier_from_checkpoint(ckpt).eval()
@@ -347,7 +347,7 @@ def representation(model, data: str, clips: int = 128, unpadded: bool = False) -
     mean pairwise cosine similarity of the pooled embeddings, the share of their variance that lies between the
     classes, and their spread (norm of the per-feature std over the norm of the mean). ``model``: a checkpoint path
     or a classifier. ``unpadded``: each clip alone at its own length (rounded up to whole patches), no padding."""
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
 
     if isinstance(model, (str, Path)):
@@ -427,7 +427,7 @@ def init_variants(data: str, stats: dict) -> dict:
 
 
 def run_one(work: Path, name: str, state: dict) -> dict:
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
     from audiossl.evaluate import evaluate
     from audiossl.train_cli import finetune, pretrain
@@ -513,7 +513,7 @@ def summarise_run(work: Path, name: str) -> dict:
 
 def train_accuracy(work: Path, name: str) -> float:
     """The final model's accuracy on the training clips (no augmentation): fitting vs generalising."""
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
     from audiossl.evaluate import evaluate
 
@@ -537,7 +537,7 @@ def phase_report(work: Path, state: dict) -> None:
         if "train_accuracy" not in run:
             run["train_accuracy"] = train_accuracy(work, name)
         if run.get("pretrain_steps") and "pretrained_representation" not in run:
-            from audiossl.checkpoint import encoder_from_checkpoint
+            from audiossl.hub.reader import encoder_from_checkpoint
 
             enc, _ = encoder_from_checkpoint(str(work / "runs" / name / "pretrain" / "checkpoints" / "last.ckpt"))
             model = _fresh_model()

@@ -186,7 +186,7 @@ def test_pretrained_file_converts_to_an_encoder_only_model_with_predict_and_onnx
     emb, frames = model.embed(wave)
     assert frames.shape[0] == 96 and (frames - ref_feats[0]).abs().max() <= 1e-4
     assert (emb - ref_feats[0].mean(0)).abs().max() <= 1e-4
-    from audiossl.export import export_onnx
+    from audiossl.hub.export import export_onnx
 
     rep = export_onnx(model, tmp_path / "beats.onnx")  # dynamic time, padded rows, checked against PyTorch
     assert rep["dynamic_time"] and rep["max_abs_diff"] <= 1e-4

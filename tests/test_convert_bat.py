@@ -52,7 +52,7 @@ def test_hf_safetensors_equal_bats_forward_and_export_onnx(tmp_path, capsys):
     cls, patches = bat_encoder(sd, FrontEnd(model.front_end.config)(wave[None]), HEADS)
     assert (emb - cls[-1][0]).abs().max() < 1e-5 and (frame_tokens - patches[-1][0]).abs().max() < 1e-5
     # the ONNX graph (traced at one window) runs two windows too
-    from audiossl.inference import OnnxRunner
+    from audiossl.models.inference import OnnxRunner
 
     x = torch.rand(1, 1536, 128)
     got = OnnxRunner(out / "model.onnx").run(x, num_frames=torch.tensor([1536]))

@@ -205,7 +205,7 @@ def test_ddp_evaluation_sees_every_sample_once_and_gathers_exactly_the_eval_keys
 # --- atomic checkpoint writes --------------------------------------------------------------------------------------
 _SLOW_SAVE = r"""
 import io, sys, time, torch
-from audiossl.checkpointing import AtomicCheckpointIO
+from audiossl.hub.checkpoint_writer import AtomicCheckpointIO
 path = sys.argv[1]
 ckio = AtomicCheckpointIO()
 ckio.save_checkpoint({"global_step": 1, "w": torch.full((4096,), 1.0)}, path)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import audiossl
-from audiossl.checkpoint import CheckpointError, classifier_from_checkpoint, encoder_from_checkpoint, read_checkpoint
+from audiossl.hub.reader import CheckpointError, classifier_from_checkpoint, encoder_from_checkpoint, read_checkpoint
 from audiossl.cli import main
-from audiossl.export import ExportError, load_model, save_model
+from audiossl.hub.export import ExportError, load_model, save_model
 from audiossl.models.classifier import AudioClassifier, MissingHeadError
 
 TINY = {"name": "vit_base", "depth": 2, "embed_dim": 64, "num_heads": 4}
@@ -161,7 +161,7 @@ def test_onnx_export_matches_pytorch_at_two_batch_sizes_and_lengths(tmp_path, ca
 
 
 def test_encoder_only_onnx_has_no_logits(tmp_path):
-    from audiossl.export import export_onnx
+    from audiossl.hub.export import export_onnx
 
     model = AudioClassifier(encoder=TINY, head=None, front_end=FRONT).eval()
     report = export_onnx(model, tmp_path / "enc.onnx")

@@ -384,7 +384,7 @@ def test_dataset_stats_overriding_the_checkpoint_front_end_warn(pretrained):
 def test_the_features_the_encoder_was_pretrained_on_carry_over_unless_the_config_sets_them(tmp_path):
     """An encoder pretrained on 64 mel bins at a 5 ms hop with the povey window is fine-tuned on the same features; a
     setting the fine-tuning config gives still wins."""
-    from audiossl.export import save_model
+    from audiossl.hub.export import save_model
     from audiossl.models.classifier import AudioClassifier
 
     enc = {"name": "vit_base", "depth": 1, "embed_dim": 32, "num_heads": 2, "num_mel_bins": 64}
@@ -408,7 +408,7 @@ def test_the_features_the_encoder_was_pretrained_on_carry_over_unless_the_config
 
 def test_final_norm_override_and_head_init(tmp_path):
     """AudioMAE's fine-tuning model: ``del self.norm`` (mean pool -> fc_norm -> head), head trunc-normal std 2e-5."""
-    from audiossl.export import save_model
+    from audiossl.hub.export import save_model
     from audiossl.models.classifier import AudioClassifier
 
     enc = {"name": "vit_base", "depth": 2, "embed_dim": 64, "num_heads": 4, "block_style": "pre"}
@@ -464,7 +464,7 @@ def test_epoch_weight_average_is_ast_validate_wa(pretrained, synth_root, tmp_pat
     import lightning as L
 
     from audiossl.averaging import EpochWeightAverage
-    from audiossl.checkpoint import classifier_from_checkpoint
+    from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
 
     class Record(L.Callback):

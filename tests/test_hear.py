@@ -1,4 +1,4 @@
-"""``audiossl.hear``: the HEAR 2021 API's rules (what ``hear-validator`` checks: attributes, dtypes, shapes, regular
+"""``audiossl.hub.hear``: the HEAR 2021 API's rules (what ``hear-validator`` checks: attributes, dtypes, shapes, regular
 timestamps) and that the embeddings are the model's own tokens."""
 
 import warnings
@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-import audiossl.hear as hear
+import audiossl.hub.hear as hear
 from audiossl.errors import UserError
-from audiossl.export import save_model
+from audiossl.hub.export import save_model
 from audiossl.models.classifier import AudioClassifier
 
 WINDOW = 128  # 1.28 s windows keep long sounds cheap

@@ -10,8 +10,8 @@ import sys
 import pytest
 from helpers import ROOT
 
-LAYERED = ["audiossl.runners", "audiossl.inference", "audiossl.models.classifier", "audiossl.checkpoint",
-           "audiossl.export", "audiossl.convert", "audiossl.predict_cli"]
+LAYERED = ["audiossl.models.runners", "audiossl.models.inference", "audiossl.models.classifier", "audiossl.hub.reader",
+           "audiossl.hub.export", "audiossl.convert", "audiossl.predict_cli"]
 
 
 @pytest.mark.parametrize("module", LAYERED)

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 from test_objectives import make
 
-from audiossl.export import export_onnx, load_model, save_model
+from audiossl.hub.export import export_onnx, load_model, save_model
 from audiossl.frontend.features import FrontEnd
 from audiossl.masking import inverse_block_mask, jepa_masks, random_mask, split_with_fillers
 from audiossl.models.classifier import AudioClassifier
@@ -87,7 +87,7 @@ def test_short_file_prediction_does_not_depend_on_the_window(tmp_path):
     pb = dict(load_model(tmp_path / "b").predict(str(path), top_k=4))
     assert all(abs(pa[k] - pb[k]) < 1e-5 for k in pa)
     export_onnx(b, tmp_path / "b" / "model.onnx")  # the ONNX graph takes the real frames too
-    from audiossl.inference import OnnxRunner, predict
+    from audiossl.models.inference import OnnxRunner, predict
 
     po = dict(predict(load_model(tmp_path / "b"), str(path), top_k=4, runner=OnnxRunner(tmp_path / "b" / "model.onnx")))
     assert all(abs(pa[k] - po[k]) < 1e-4 for k in pa)

@@ -6,7 +6,7 @@ import soundfile as sf
 from matplotlib.image import imread
 
 from audiossl.cli import main
-from audiossl.export import save_model
+from audiossl.hub.export import save_model
 from audiossl.models.classifier import AudioClassifier
 from audiossl.plot import plot_training_curves, read_scalars
 

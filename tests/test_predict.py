@@ -9,8 +9,8 @@ import torch
 import torchaudio.functional as AF
 
 from audiossl.cli import main
-from audiossl.export import export_onnx, load_model, save_model
-from audiossl.inference import OnnxRunner, TorchRunner, predict_files
+from audiossl.hub.export import export_onnx, load_model, save_model
+from audiossl.models.inference import OnnxRunner, TorchRunner, predict_files
 from audiossl.models.classifier import AudioClassifier
 
 LABELS = ["dog", "rain", "siren", "speech", "engine", "bird"]

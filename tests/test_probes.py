@@ -15,7 +15,7 @@ from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.probe_memory import cgp_step_memory, measure_peak_bytes
-from audiossl.probes import ConvexGatedProbe, Head2ToeProbe, LayerMixProbe, asymmetric_loss
+from audiossl.models.probe_heads import ConvexGatedProbe, Head2ToeProbe, LayerMixProbe, asymmetric_loss
 from audiossl.probing import ProbeModule, probe_param_groups
 
 TINY = {"name": "vit_tiny", "depth": 2, "embed_dim": 64, "num_heads": 4}
@@ -172,7 +172,7 @@ def _probe(root, data, init, *extra, steps=3):
 @pytest.mark.parametrize("probe", ["cgp", "linear"])
 def test_probe_cli_trains_head_only_and_exports_like_a_classifier(probe, pretrained, synth_root, tmp_path):
     from audiossl.cli import main as cli
-    from audiossl.export import export_checkpoint, load_model
+    from audiossl.hub.export import export_checkpoint, load_model
     from audiossl.train_cli import latest_checkpoint
 
     root = str(tmp_path / "probe")
@@ -197,7 +197,7 @@ def test_probe_cli_trains_head_only_and_exports_like_a_classifier(probe, pretrai
 
 
 def test_probe_takes_the_teacher_and_model_directories(pretrained, tmp_path):
-    from audiossl.export import export_checkpoint
+    from audiossl.hub.export import export_checkpoint
 
     m = ProbeModule(init_from=pretrained, encoder_weights="teacher", probe="lcgp")
     m.build(4, list("abcd"), False, None)

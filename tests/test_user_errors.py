@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 
-from audiossl.checkpoint import CheckpointError, safe_torch_load
+from audiossl.hub.reader import CheckpointError, safe_torch_load
 from audiossl.cli import main
 from audiossl.errors import UserError
 
@@ -133,7 +133,7 @@ def test_eval_fold_outside_the_dataset_folds_is_an_error(tmp_path):
 
 
 def test_re_export_replaces_the_model_and_drops_its_stale_onnx(tmp_path, capsys):
-    from audiossl.export import ONNX_FILE, load_model, save_model
+    from audiossl.hub.export import ONNX_FILE, load_model, save_model
     from audiossl.models.classifier import AudioClassifier
 
     enc = {"name": "vit_tiny", "depth": 1, "embed_dim": 32, "num_heads": 2}

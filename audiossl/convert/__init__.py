@@ -47,7 +47,7 @@ from audiossl.convert.common import ConversionError, ConversionReport, default_l
 from audiossl.convert.eat import convert_eat, eat_pretraining_checkpoint, map_eat_state_dict
 from audiossl.convert.hf_ast import convert_hf_ast, map_ast_state_dict
 from audiossl.errors import ExportError
-from audiossl.export import ONNX_FILE, export_onnx, save_model
+from audiossl.hub.export import ONNX_FILE, export_onnx, save_model
 from audiossl.frontend.features import AUDIOSET_MEAN, AUDIOSET_STD, BEATS_MEAN, BEATS_STD
 from audiossl.models.classifier import AudioClassifier
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from audiossl.checkpoint import safe_torch_load
+from audiossl.hub.reader import safe_torch_load
 from audiossl.convert.common import (
     ConversionError, ConversionReport, _block_count, _check_num_classes, _check_patch, _data_only_globals,
     _encoder_or_classifier, _heads, _unmapped_error, read_weights,

@@ -44,7 +44,7 @@ from audiossl.convert.common import (
     ConversionError, ConversionReport, _check_num_classes, _data_only_globals, _encoder_or_classifier,
     _unmapped_error,
 )
-from audiossl.checkpoint import safe_torch_load
+from audiossl.hub.reader import safe_torch_load
 from audiossl.errors import CheckpointError
 from audiossl.frontend.features import BEATS_MEAN, BEATS_STD, FrontEndConfig
 from audiossl.models.classifier import AudioClassifier

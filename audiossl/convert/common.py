@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from audiossl.checkpoint import load_weights, read_safetensors, safe_torch_load
+from audiossl.hub.reader import load_weights, read_safetensors, safe_torch_load
 from audiossl.errors import CheckpointError, ExportError, UserError
 from audiossl.frontend.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig

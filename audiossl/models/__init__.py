@@ -1,4 +1,5 @@
-"""Encoders (a registry over one configurable ViT), decoders and heads."""
+"""Encoders (a registry over one configurable ViT), decoders, heads (the classifier and the probe heads), and
+running any of them over audio (`inference`, `runners`)."""
 
 from audiossl.models.encoder import (
     AudioEncoder,

@@ -5,7 +5,7 @@ the *normalised front-end output* ``[B, T, F]``; ``model.front_end`` (a ``FrontE
 the whole description of the model (front end, encoder, head, label names) lives in ``model.config_dict()``.
 
 ``HeadConfig.probe`` picks the head: ``linear`` (pooled token -> LayerNorm -> dropout -> Linear: fine-tuning and
-BAT's linear probe) or a probe over every block's tokens from ``audiossl.probes`` (``cgp``, ``lcgp``, ``h2t``). Either
+BAT's linear probe) or a probe over every block's tokens from ``audiossl.models.probe_heads`` (``cgp``, ``lcgp``, ``h2t``). Either
 way ``outputs(fbank, num_frames)`` gives (logits, clip embedding, patch tokens): the runners, the ONNX graph and
 ``predict``/``evaluate`` use it, so probe checkpoints export and predict like any classifier.
 """
@@ -18,11 +18,11 @@ import torch
 import torch.nn as nn
 
 from audiossl.config_dict import DictConfig
-from audiossl import inference
+from audiossl.models import inference
 from audiossl.errors import MissingHeadError
 from audiossl.frontend.features import FrontEnd, FrontEndConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
-from audiossl.probes import LAYER_PROBES, build_layer_probe
+from audiossl.models.probe_heads import LAYER_PROBES, build_layer_probe
 
 POOLINGS = ("cls", "mean", "prefix")
 
@@ -35,7 +35,7 @@ class HeadConfig(DictConfig):
     pool: str = "cls"  # "cls": first token; "mean": mean of patch tokens; "prefix": mean of prefix tokens (AST)
     norm: bool = True  # LayerNorm before the linear layer (EAT's fc_norm)
     norm_eps: float = 1e-6
-    probe: str = "linear"  # "linear" (this pooled head) or a multi-block probe from audiossl.probes: cgp, lcgp, h2t
+    probe: str = "linear"  # "linear" (this pooled head) or a multi-block probe from audiossl.models.probe_heads: cgp, lcgp, h2t
     num_prototypes: int = 10_000  # cgp
     dropout: float = 0.0  # before the linear layer (BAT's probes: 0.2)
 
@@ -220,7 +220,7 @@ class AudioClassifier(nn.Module):
         x, frames = self.front_end(waveforms, num_samples=num_samples, return_frames=True)
         return self(x, frames)
 
-    # --- user-facing inference (implemented in audiossl.inference, which knows models only by their methods) -----
+    # --- user-facing inference (implemented in audiossl.models.inference, which knows models only by their methods) -----
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., C]`` -> class probabilities: sigmoid for multi-label models, softmax otherwise."""
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)

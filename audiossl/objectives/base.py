@@ -372,7 +372,7 @@ class PretrainModule(SeededSteps, L.LightningModule):
         lacks starts fresh, listed in a warning). Only the optimizer, the lr schedule and the EMA counter restart.
         An exported/converted model directory gives the encoder only (``audiossl convert eat --pretraining`` writes a
         full pretraining checkpoint from a fairseq file)."""
-        from audiossl.checkpoint import CheckpointError, encoder_from_checkpoint, read_checkpoint
+        from audiossl.hub.reader import CheckpointError, encoder_from_checkpoint, read_checkpoint
         from audiossl.config_dict import config_differences
         from audiossl.models.encoder import WEIGHT_NEUTRAL
 

@@ -89,7 +89,7 @@ class BEATsTokenizer(PretrainModule):
             self._teacher_loaded = True
 
     def load_teacher(self, path: str | None) -> None:
-        from audiossl.checkpoint import encoder_from_checkpoint, read_checkpoint
+        from audiossl.hub.reader import encoder_from_checkpoint, read_checkpoint
         from audiossl.config_dict import config_differences
         from audiossl.models.encoder import WEIGHT_NEUTRAL
 

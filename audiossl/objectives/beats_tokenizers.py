@@ -94,7 +94,7 @@ class DistilledTokenizer(nn.Module):
     def load_checkpoint(self, path: str) -> None:
         """Weights from a ``BEATsTokenizer`` training checkpoint (objective ``beats_tokenizer``): its encoder,
         ``quantize_layer`` and quantizer, checked against this tokenizer's settings."""
-        from audiossl.checkpoint import load_weights, read_checkpoint, sub_state_dict
+        from audiossl.hub.reader import load_weights, read_checkpoint, sub_state_dict
         from audiossl.config_dict import config_differences
         from audiossl.models.encoder import WEIGHT_NEUTRAL
 

@@ -11,7 +11,7 @@ An exported model is a directory:
                         ``embedding [B, D]``, ``frame_embeddings [B, N, D]``; batch and time are dynamic (time is
                         fixed for models with a learned position table, e.g. imported AST).
 
-``load_model(DIR)`` rebuilds the model without Lightning and without unpickling (it lives in ``audiossl.checkpoint``
+``load_model(DIR)`` rebuilds the model without Lightning and without unpickling (it lives in ``audiossl.hub.reader``
 with the other readers and is re-exported here; this module writes).
 """
 
@@ -28,13 +28,13 @@ import torch
 import torch.nn as nn
 
 from audiossl import __version__
-from audiossl.checkpoint import (  # noqa: F401  (reading exports lives with reading checkpoints; re-exported here)
+from audiossl.hub.reader import (  # noqa: F401  (reading exports lives with reading checkpoints; re-exported here)
     CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_model, model_from_checkpoint, read_config, read_safetensors,
 )
 from audiossl.data.manifest import atomic_write
 from audiossl.errors import CheckpointError, ExportError, output_dir
 from audiossl.models.classifier import AudioClassifier
-from audiossl.runners import OnnxRunner
+from audiossl.models.runners import OnnxRunner
 
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4

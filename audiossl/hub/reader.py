@@ -35,7 +35,7 @@ ENCODER_PREFIX = {"pretrain": "encoder.", "classifier": "model.encoder."}
 CLASSIFIER_PREFIX = "model."
 
 
-# The export format (``audiossl.export`` writes it): a directory with these two files.
+# The export format (``audiossl.hub.export`` writes it): a directory with these two files.
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -1,9 +1,9 @@
-"""The HEAR 2021 API over any audiossl model, so ``hear-eval-kit`` can evaluate it: ``import audiossl.hear``.
+"""The HEAR 2021 API over any audiossl model, so ``hear-eval-kit`` can evaluate it: ``import audiossl.hub.hear``.
 
-    model = audiossl.hear.load_model("model_dir/")           # an export/convert directory (or a .ckpt)
+    model = audiossl.hub.hear.load_model("model_dir/")       # an export/convert directory (or a .ckpt)
     model.sample_rate, model.scene_embedding_size, model.timestamp_embedding_size
-    audiossl.hear.get_scene_embeddings(audio, model)         # audio [n_sounds, n_samples] in [-1, 1] -> [n_sounds, D]
-    audiossl.hear.get_timestamp_embeddings(audio, model)     # -> ([n_sounds, n_timestamps, D], [n_sounds, n_timestamps])
+    audiossl.hub.hear.get_scene_embeddings(audio, model)     # audio [n_sounds, n_samples] in [-1, 1] -> [n_sounds, D]
+    audiossl.hub.hear.get_timestamp_embeddings(audio, model) # -> ([n_sounds, n_timestamps, D], [n_sounds, n_timestamps])
 
 Which tokens. Audio is cut into back-to-back windows of the model's ``target_length`` frames (10.24 s for the AudioSet
 recipes; the last window holds the padding, which the encoder masks). The *scene* embedding is the model's clip
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from audiossl.checkpoint import load_model as _load
+from audiossl.hub.reader import load_model as _load
 from audiossl.errors import UserError
-from audiossl.inference import tiled_starts, window_batch
+from audiossl.models.inference import tiled_starts, window_batch
 from audiossl.models.classifier import AudioClassifier
 
 
@@ -53,7 +53,7 @@ class HearModel(nn.Module):
 def load_model(model_file_path: str = "", shifts: int = 4, batch_size: int = 16, device: str | None = None) -> HearModel:
     """A ``HearModel`` from an audiossl export directory (``audiossl export`` / ``convert``) or checkpoint."""
     if not model_file_path:
-        raise UserError("audiossl.hear.load_model needs model_file_path: an audiossl export directory "
+        raise UserError("audiossl.hub.hear.load_model needs model_file_path: an audiossl export directory "
                         "(audiossl export CKPT --out DIR, or audiossl convert ...); nothing is downloaded")
     m = HearModel(_load(model_file_path), shifts=shifts, batch_size=batch_size)
     return m.to(device) if device else m
@@ -86,7 +86,7 @@ def _windows(model: HearModel, audio: torch.Tensor, offset: int):
 
 def _check(audio, model: HearModel) -> torch.Tensor:
     if not isinstance(model, HearModel):
-        raise UserError("pass the model returned by audiossl.hear.load_model")
+        raise UserError("pass the model returned by audiossl.hub.hear.load_model")
     if not torch.is_tensor(audio) or audio.dim() != 2 or audio.shape[1] == 0:
         raise UserError(f"audio must be a tensor [n_sounds, n_samples], got {getattr(audio, 'shape', type(audio))}")
     c = model.model.front_end.config

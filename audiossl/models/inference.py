@@ -21,7 +21,7 @@ import torch
 
 from audiossl.frontend import audio as audio_io
 from audiossl.errors import MissingHeadError
-from audiossl.runners import OnnxRunner, TorchRunner, make_runner  # noqa: F401  (part of this module's API)
+from audiossl.models.runners import OnnxRunner, TorchRunner, make_runner  # noqa: F401  (part of this module's API)
 
 if TYPE_CHECKING:
     from audiossl.models.classifier import AudioClassifier
