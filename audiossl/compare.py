@@ -43,7 +43,7 @@ import lightning as L
 import torch
 
 from audiossl.errors import UserError
-from audiossl.evaluate import json_safe
+from audiossl.tasks.evaluate import json_safe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRETRAIN_CONFIG = {"mae": "mae", "eat": "eat", "jepa": "jepa", "sslam": "sslam", "beats": "beats_iter1", "bat": "bat"}
@@ -227,7 +227,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
     from audiossl.demo import finetune
-    from audiossl.evaluate import evaluate
+    from audiossl.tasks.evaluate import evaluate
 
     with _timed(run) as elapsed:
         common = ["--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed)]
@@ -244,7 +244,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
                 extra += [f"--model.encoder.{k}", str(v)]
             ckpt = finetune(cfg, data, run, steps, workers, *extra)
         else:
-            from audiossl.probing import main as probe
+            from audiossl.tasks.probe import main as probe
 
             status = probe(["--config", str(cfg), "--data.root", data, "--model.init_from", init_from, "--model.probe",
                             kind, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),

@@ -196,7 +196,7 @@ def scratch_encoder(ckpt: str) -> str:
 
 # --- models ------------------------------------------------------------------------------------------------------
 def baseline(labelled: str) -> dict:
-    from audiossl.baseline import logreg_baseline
+    from audiossl.tasks.logreg_baseline import logreg_baseline
 
     r = logreg_baseline(labelled)
     print(f"logistic regression on {r['features']}: eval accuracy {r['accuracy']:.3f}, mAP {r['mAP']:.3f}, "
@@ -230,7 +230,7 @@ def finetune(cfg: Path, data: str, root: Path, steps: int, workers: int, *extra:
 def evaluate_all(runs: dict[str, str], data: str, out: Path) -> dict[str, dict]:
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
-    from audiossl.evaluate import evaluate
+    from audiossl.tasks.evaluate import evaluate
 
     results = {}
     for key, ckpt in runs.items():
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": S.total,
         "example": example,
     })
-    from audiossl.evaluate import json_safe
+    from audiossl.tasks.evaluate import json_safe
 
     (out / "results.json").write_text(json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False) + "\n")
     if args.csv:

@@ -314,6 +314,6 @@ def pretrain(argv: list[str]) -> int:
 
 def finetune(argv: list[str]) -> int:
     """``audiossl finetune``: ``FinetuneModule`` on labelled data."""
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
 
     return run(FinetuneModule, argv, "runs/finetune", subclass_mode=False, keep_best=True)

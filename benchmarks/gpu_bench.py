@@ -18,7 +18,7 @@ What is timed (the module code itself, called without a Trainer; logging is swit
   with 2 DataLoader workers: clips/s in steady state and per worker. Needs soundfile and webdataset; skipped (with the
   reason) when they are missing.
 
-MFU = clips/s x model FLOPs per clip (:mod:`audiossl.flops`: EAT 1,083 GFLOP, ViT-B fine-tuning 291 GFLOP) / the
+MFU = clips/s x model FLOPs per clip (:mod:`audiossl.tasks.flops`: EAT 1,083 GFLOP, ViT-B fine-tuning 291 GFLOP) / the
 device's dense bf16 peak (looked up from its name; ``--peak-tflops`` to set it). Results go to ``DIR/gpu_bench.json``
 and ``DIR/gpu_bench.md`` after every section, so a run cut short keeps what it measured. Sections that would not fit
 in ``--budget-s`` are skipped and say so.
@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without installing the package (as on a bare GPU machine)
     sys.path.insert(0, ROOT)
 
-from audiossl import flops  # noqa: E402
+from audiossl.tasks import flops  # noqa: E402
 
 SAMPLE_RATE = 16000
 
@@ -207,7 +207,7 @@ def bench_eat(device: torch.device, cfg: dict, compile: bool, peak: float | None
 
 
 def bench_finetune(device: torch.device, cfg: dict, compile: bool, peak: float | None) -> dict:
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
 
     torch.manual_seed(0)
     m = FinetuneModule(encoder=dict(cfg["ft_encoder"]), front_end={"target_length": cfg["frames"]}, drop_path=0.1,
@@ -221,7 +221,7 @@ def bench_finetune(device: torch.device, cfg: dict, compile: bool, peak: float |
     m.step_generator = lambda batch_idx: g.manual_seed(batch_idx)  # the module's own draws need a Trainer
     if compile:
         compile_blocks(m.model.encoder)
-    from audiossl.finetune import layer_decay_scales
+    from audiossl.tasks.finetune import layer_decay_scales
 
     named = [(f"model.{n}", p) for n, p in m.model.named_parameters() if p.requires_grad]
     opt = _adamw(named, m.hparams.weight_decay, m.hparams.lr, m.hparams.betas,

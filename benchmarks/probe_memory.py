@@ -1,5 +1,5 @@
 """Peak tensor memory of a CGP probe step on a frozen ViT-B (10 s clips, 10,000 prototypes, 527 classes): measured on
-this machine's CPU in fp32 at small batches (``audiossl.probe_memory.measure_peak_bytes``), against the model
+this machine's CPU in fp32 at small batches (``audiossl.tasks.probe_memory.measure_peak_bytes``), against the model
 (``cgp_step_memory``), and the model's figure for BAT's setting (batch 48, bf16 autocast).
 
     PYTHONPATH=. python benchmarks/probe_memory.py [--batches 2 4] [--gate]
@@ -13,7 +13,7 @@ import time
 import torch
 
 from audiossl.models.classifier import AudioClassifier, HeadConfig
-from audiossl.probe_memory import cgp_step_memory, measure_peak_bytes
+from audiossl.tasks.probe_memory import cgp_step_memory, measure_peak_bytes
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ clips, mean log-mel / + time statistics): 40voices 0.900 / 0.980, 10voices 0.815
 0.793 / 0.957, default (10voices_channel) 0.725 / 0.942, 10voices_channel_noisy 0.715 / 0.930,
 40voices_channel_noisy_wide 0.777 / 0.918.
 
-Each variant: ``data_prep.speech.build`` -> ``prep folder`` -> ``audiossl.baseline.logreg_baseline`` (mean log-mel,
+Each variant: ``data_prep.speech.build`` -> ``prep folder`` -> ``audiossl.tasks.logreg_baseline.logreg_baseline`` (mean log-mel,
 and mean log-mel + time statistics). Prints one line per variant and writes WORK/calibration.json.
 """
 
@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from audiossl.baseline import logreg_baseline
+from audiossl.tasks.logreg_baseline import logreg_baseline
 from audiossl.data.writer import WriterOptions
 from data_prep.folder import convert
 from data_prep.speech import Settings, build

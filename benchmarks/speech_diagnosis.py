@@ -146,7 +146,7 @@ def _label_hist(root: Path, names: list[str]) -> list[dict]:
 
 
 def phase_data(work: Path, state: dict) -> None:
-    from audiossl.baseline import logreg_baseline
+    from audiossl.tasks.logreg_baseline import logreg_baseline
     from audiossl.data.stats import compute_stats
     from audiossl.data.writer import WriterOptions
     from data_prep.folder import convert
@@ -382,7 +382,7 @@ def init_probe(data: str, max_train: int = 2000, model=None) -> dict:
     """Logistic regression (standardised) on a frozen encoder's embeddings (default: freshly initialised): how much
     of the word the head could read at step 0 through each pooling: CLS, mean of all patch tokens (padding
     included), mean of the patch tokens that hold real audio."""
-    from audiossl.baseline import fit_and_score
+    from audiossl.tasks.logreg_baseline import fit_and_score
     from audiossl.data import AudioDataModule
 
     model = (model or _fresh_model()).eval()
@@ -429,7 +429,7 @@ def init_variants(data: str, stats: dict) -> dict:
 def run_one(work: Path, name: str, state: dict) -> dict:
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
-    from audiossl.evaluate import evaluate
+    from audiossl.tasks.evaluate import evaluate
     from audiossl.train_cli import finetune, pretrain
 
     order, pre_steps, ft_steps, extra = RUNS[name]
@@ -515,7 +515,7 @@ def train_accuracy(work: Path, name: str) -> float:
     """The final model's accuracy on the training clips (no augmentation): fitting vs generalising."""
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
-    from audiossl.evaluate import evaluate
+    from audiossl.tasks.evaluate import evaluate
 
     model = classifier_from_checkpoint(str(work / "runs" / name / "finetune" / "checkpoints" / "last.ckpt"))
     dm = AudioDataModule(str(work / "shards_shuffled"), num_workers=0, batch_size=64, eval_split="train",

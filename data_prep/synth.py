@@ -353,8 +353,8 @@ def convert(out: str, num_clips: int = 2000, eval_clips: int | None = None, seed
 # --- how hard is it: a linear model on clip statistics -----------------------------------------------------------
 def logreg_baseline(root: str, temporal: bool = False) -> dict:
     """mAP on ``eval`` of logistic regressions on each clip's mean log-mel (``temporal``: plus time statistics),
-    trained on ``train``: :func:`audiossl.baseline.logreg_baseline`, with its ``mAP`` also as ``map``."""
-    from audiossl.baseline import logreg_baseline as run
+    trained on ``train``: :func:`audiossl.tasks.logreg_baseline.logreg_baseline`, with its ``mAP`` also as ``map``."""
+    from audiossl.tasks.logreg_baseline import logreg_baseline as run
 
     r = run(root, "train", "eval", temporal)
     return {**r, "map": r["mAP"], "per_class": r["per_class_ap"]}

@@ -1,4 +1,4 @@
-"""``audiossl.baseline``: mean-log-mel logistic regression, checked against scikit-learn run directly on the files."""
+"""``audiossl.tasks.logreg_baseline``: mean-log-mel logistic regression, checked against scikit-learn run directly on the files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from audiossl.baseline import logreg_baseline
+from audiossl.tasks.logreg_baseline import logreg_baseline
 from audiossl.data.writer import WriterOptions
 from audiossl.frontend.features import kaldi_fbank
 from data_prep.folder import convert

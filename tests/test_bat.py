@@ -12,7 +12,7 @@ from helpers import config, synth_root  # noqa: F401  (fixture)
 from test_features import speech_like
 
 from audiossl.frontend.features import FrontEnd, FrontEndConfig
-from audiossl.masking import inverse_block_mask
+from audiossl.objectives.masking import inverse_block_mask
 from audiossl.frontend.bat_mel import htk_mel_banks, mel_power
 from audiossl.models import AudioEncoder
 from audiossl.models.pos_embed import sincos_2d, sincos_bat
@@ -248,7 +248,7 @@ def test_bat_tiny_pretrains_with_the_cli_and_exports(synth_root, tmp_path):
 
 
 def test_finetuning_a_bat_checkpoint_keeps_its_front_end(tmp_path):
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
 
     m = make_bat()
     ckpt = tmp_path / "bat.ckpt"

@@ -298,7 +298,7 @@ def _eval_epoch_end_worker(rank: int, init: str, out: str) -> None:
 
     import torch.distributed as dist
 
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))

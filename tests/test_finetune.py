@@ -16,8 +16,8 @@ from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from audiossl.frontend.augment import beta, mixup, roll_and_gain, spec_augment
-from audiossl.finetune import FinetuneModule, layer_decay_scales
-from audiossl.metrics import classification_metrics, d_prime
+from audiossl.tasks.finetune import FinetuneModule, layer_decay_scales
+from audiossl.tasks.metrics import classification_metrics, d_prime
 from audiossl.models import create_encoder
 
 TINY = {"name": "vit_base", "depth": 2, "embed_dim": 64, "num_heads": 4, "block_style": "post"}
@@ -242,7 +242,7 @@ def test_init_from_with_wrong_shapes_fails_clearly(pretrained, tmp_path):
 
 
 def test_finetune_then_evaluate_writes_outputs(pretrained, synth_root, tmp_path):
-    from audiossl.evaluate import main as evaluate_main
+    from audiossl.tasks.evaluate import main as evaluate_main
 
     _finetune(str(tmp_path / "ft"), synth_root, "--model.init_from", pretrained)
     ck = tmp_path / "ft" / "checkpoints" / "last.ckpt"
@@ -330,7 +330,7 @@ def _audiomae_random_masking_2d(x, mask_t_prob, mask_f_prob, T, F_):
 
 
 def test_patch_drop_keeps_what_audiomae_keeps():
-    from audiossl.masking import time_freq_keep
+    from audiossl.objectives.masking import time_freq_keep
 
     T, F_ = 64, 8
     ids = torch.arange(T * F_, dtype=torch.float32)[None, :, None].repeat(6, 1, 1)
@@ -463,7 +463,7 @@ def test_epoch_weight_average_is_ast_validate_wa(pretrained, synth_root, tmp_pat
     """AST ``validate_wa``: the state dicts saved after epochs wa_start..wa_end summed and divided by their count."""
     import lightning as L
 
-    from audiossl.averaging import EpochWeightAverage
+    from audiossl.tasks.weight_averaging import EpochWeightAverage
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
 

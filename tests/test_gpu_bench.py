@@ -12,7 +12,7 @@ import torch
 from helpers import ROOT
 from torch.utils.flop_counter import FlopCounterMode
 
-from audiossl import flops
+from audiossl.tasks import flops
 
 
 def _counts(fn) -> dict[str, int]:

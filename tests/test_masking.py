@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from audiossl.masking import JepaMaskConfig, inverse_block_mask, jepa_masks, keep_to_mask, random_mask
+from audiossl.objectives.masking import JepaMaskConfig, inverse_block_mask, jepa_masks, keep_to_mask, random_mask
 
 
 def gen(seed=0):
@@ -109,7 +109,7 @@ def test_jepa_random_targets_share_one_ijepa_size():
     uniform (``_sample_block_size``), capped below the grid."""
     import math
 
-    from audiossl.masking import JepaMaskConfig, ijepa_block_size, jepa_masks
+    from audiossl.objectives.masking import JepaMaskConfig, ijepa_block_size, jepa_masks
 
     def sample_block_size(_rand, height, width, scale, aspect_ratio_scale):  # transcription
         min_s, max_s = scale

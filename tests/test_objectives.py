@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audiossl.masking import inverse_block_mask
+from audiossl.objectives.masking import inverse_block_mask
 from audiossl.objectives import EAT, JEPA, MAE, OBJECTIVES, SSLAM
 from audiossl.objectives.ema import EMATeacher, ema_decay
 from audiossl.objectives.sslam import mix_regions, mix_spectrograms, mixed_patch_index

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from audiossl.finetune import FinetuneModule, layer_decay_scales
+from audiossl.tasks.finetune import FinetuneModule, layer_decay_scales
 from audiossl.models import create_encoder
 from audiossl.objectives import JEPA
 from audiossl.objectives.base import cosine_weight_decay, param_groups, scheduled_lr, warmup_cosine

@@ -9,7 +9,7 @@ from test_objectives import make
 
 from audiossl.hub.export import export_onnx, load_model, save_model
 from audiossl.frontend.features import FrontEnd
-from audiossl.masking import inverse_block_mask, jepa_masks, random_mask, split_with_fillers
+from audiossl.objectives.masking import inverse_block_mask, jepa_masks, random_mask, split_with_fillers
 from audiossl.models.classifier import AudioClassifier
 from audiossl.objectives import OBJECTIVES
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 
 from audiossl.models.classifier import AudioClassifier, HeadConfig
-from audiossl.probe_memory import cgp_step_memory, measure_peak_bytes
+from audiossl.tasks.probe_memory import cgp_step_memory, measure_peak_bytes
 from audiossl.models.probe_heads import ConvexGatedProbe, Head2ToeProbe, LayerMixProbe, asymmetric_loss
-from audiossl.probing import ProbeModule, probe_param_groups
+from audiossl.tasks.probe import ProbeModule, probe_param_groups
 
 TINY = {"name": "vit_tiny", "depth": 2, "embed_dim": 64, "num_heads": 4}
 ENCODERS = {  # the probe must run on any of our encoders
@@ -161,7 +161,7 @@ def test_probe_optimiser_groups():
 
 # --- audiossl probe end to end -------------------------------------------------------------------------------------
 def _probe(root, data, init, *extra, steps=3):
-    from audiossl.probing import main
+    from audiossl.tasks.probe import main
 
     assert main(["--config", config("probe", "tiny.yaml"), "--data.root", data, "--model.init_from", init,
                  "--trainer.max_steps", str(steps), "--trainer.default_root_dir", root, "--data.num_workers", "0",
@@ -227,7 +227,7 @@ def test_probe_config_instantiates_and_builds(path, pretrained, synth_root, tmp_
 # --- memory ---------------------------------------------------------------------------------------------------------
 def test_cgp_memory_model_matches_a_measured_step():
     """The CGP step's peak tensor memory (frozen encoder under no_grad, head forward + backward + AdamW step), measured
-    on CPU in fp32 at batch 2 and 3, against the model in audiossl.probe_memory."""
+    on CPU in fp32 at batch 2 and 3, against the model in audiossl.tasks.probe_memory."""
     torch.manual_seed(0)
     spec = {**TINY, "block_style": "post", "depth": 3, "embed_dim": 96, "num_heads": 4}
     clf = AudioClassifier(spec, HeadConfig(num_classes=10, probe="cgp", num_prototypes=2000),

@@ -33,7 +33,7 @@ def test_pretrain_config_instantiates(path, synth_root, tmp_path):
 
 @pytest.mark.parametrize("path", FINETUNE_YAMLS, ids=os.path.basename)
 def test_finetune_config_instantiates_and_builds(path, synth_root, tmp_path):
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
 
     cli = build_cli(FinetuneModule, ["--config", path, "--data.root", synth_root,
                                      "--trainer.default_root_dir", str(tmp_path), *CPU], "runs/finetune", False)
@@ -193,7 +193,7 @@ AS_FINETUNE = {"as20k.yaml": -4.268, "as2m.yaml": -4.268, "as2m_sslam.yaml": -4.
 def test_audioset_recipes_pin_the_reference_normalisation(synth_root, tmp_path):
     """Dataset statistics (``audiossl stats``) must not replace the reference constants the AudioSet recipes follow;
     the MAE recipe decays by AudioMAE's 1e-4 and decodes with its local windows."""
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
     from audiossl.models.swin_decoder import SwinDecoder
     from audiossl.objectives import PretrainModule
     from audiossl.objectives.base import resolve_front_end
@@ -223,7 +223,7 @@ def test_window_follows_the_data_when_the_config_leaves_it_open(synth_root, tmp_
     ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["audiossl"]["front_end"]["target_length"] == 208  # 2 s = 198 frames -> 13 patches of 16
     assert ckpt["datamodule_hyper_parameters"]["clip_seconds"] == 2.0
-    from audiossl.finetune import FinetuneModule
+    from audiossl.tasks.finetune import FinetuneModule
 
     cli = build_cli(FinetuneModule, ["--config", config("finetune", "tiny.yaml"), "--data.root", synth_root,
                                      "--data.clip_seconds", "null", "--model.front_end", "{}",

@@ -153,8 +153,8 @@ def test_re_export_replaces_the_model_and_drops_its_stale_onnx(tmp_path, capsys)
 
 
 def test_metrics_json_is_strict_json_when_a_metric_is_undefined(tmp_path):
-    from audiossl.evaluate import write_outputs
-    from audiossl.metrics import classification_metrics
+    from audiossl.tasks.evaluate import write_outputs
+    from audiossl.tasks.metrics import classification_metrics
 
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.3]])
     targets = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # class 0 has no negatives, class 1 no positives: no AUC at all
@@ -247,8 +247,8 @@ def test_fine_tuning_resume_checks_labels_and_encoder(synth_root, tmp_path, caps
 
 def test_metrics_json_is_strict_json_when_the_ranking_is_perfect(tmp_path):
     """AUC 1 gives d' = inf; metrics.json (and the demo's results.json, through the same json_safe) writes null."""
-    from audiossl.evaluate import json_safe, write_outputs
-    from audiossl.metrics import classification_metrics
+    from audiossl.tasks.evaluate import json_safe, write_outputs
+    from audiossl.tasks.metrics import classification_metrics
 
     scores = torch.tensor([[0.9, 0.1], [0.2, 0.7]])
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

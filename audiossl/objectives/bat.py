@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from audiossl.masking import inverse_block_mask
+from audiossl.objectives.masking import inverse_block_mask
 from audiossl.models.vit_decoder import GatedViTDecoder
 from audiossl.objectives.base import PretrainModule, total_steps, warmup_cosine
 from audiossl.objectives.eat import diagnostics, gather_tokens

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from audiossl.errors import ConfigError
-from audiossl.masking import random_mask
+from audiossl.objectives.masking import random_mask
 from audiossl.models.quantizer import code_perplexity
 from audiossl.models.rel_transformer import RelPosTransformer
 from audiossl.objectives.base import PretrainModule

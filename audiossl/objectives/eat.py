@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from audiossl.masking import inverse_block_mask
+from audiossl.objectives.masking import inverse_block_mask
 from audiossl.models.decoders import CNNDecoder2d
 from audiossl.models.init import reference_init_
 from audiossl.objectives.base import PretrainModule

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from audiossl.masking import JepaMaskConfig, jepa_masks
+from audiossl.objectives.masking import JepaMaskConfig, jepa_masks
 from audiossl.models.decoders import TokenDecoder
 from audiossl.models.init import reference_init_, rescale_residual_branches_
 from audiossl.objectives.base import PretrainModule, total_steps

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from audiossl.masking import random_mask
+from audiossl.objectives.masking import random_mask
 from audiossl.models.decoders import TokenDecoder
 from audiossl.models.init import reference_init_, xavier_linears_
 from audiossl.models.swin_decoder import SwinDecoder

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from audiossl.errors import DatasetError, UserError, output_dir, resolve_device
-from audiossl.metrics import classification_metrics
+from audiossl.tasks.metrics import classification_metrics
 
 
 def load_classifier(path: str):

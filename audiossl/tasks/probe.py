@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from audiossl.frontend.features import FrontEnd
-from audiossl.finetune import gather_strings, gather_variable
-from audiossl.metrics import classification_metrics
+from audiossl.tasks.finetune import gather_strings, gather_variable
+from audiossl.tasks.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, build_encoder
 from audiossl.objectives.base import (

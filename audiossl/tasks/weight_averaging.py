@@ -10,7 +10,7 @@ in every checkpoint while it is non-empty.
 
     trainer:
       callbacks:
-        - class_path: audiossl.averaging.EpochWeightAverage
+        - class_path: audiossl.tasks.weight_averaging.EpochWeightAverage
           init_args: {first_epoch: 1, last_epoch: 5}
 """
 

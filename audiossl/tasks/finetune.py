@@ -27,7 +27,7 @@ pad/crop + normalise -> [EAT-style batch mixup] -> SpecAugment -> encoder (drop 
   fairseq's per-group floor, EAT/SSLAM) or ``lr_schedule: step`` (AST's MultiStepLR at ``lr_step_epochs``).
 * ``freeze_encoder``: a linear probe; the encoder is frozen, in eval mode, and left out of the optimiser.
 * Evaluation (fp32, outside autocast) gathers scores over all ranks and reports mAP, mAUC, d-prime and accuracy
-  (``audiossl.metrics``); ``val/selection`` (mAP, or accuracy for single-label data) is what the ``best.ckpt``
+  (``audiossl.tasks.metrics``); ``val/selection`` (mAP, or accuracy for single-label data) is what the ``best.ckpt``
   callback keeps the maximum of, and every validation is appended to ``RUN/val_history.jsonl``.
 """
 
@@ -45,8 +45,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from audiossl.frontend.augment import mix_pairs, mixup, roll_and_gain, spec_augment
 from audiossl.errors import ConfigError
 from audiossl.frontend.features import FEATURE_KEYS, FrontEnd
-from audiossl.masking import time_freq_keep
-from audiossl.metrics import classification_metrics
+from audiossl.objectives.masking import time_freq_keep
+from audiossl.tasks.metrics import classification_metrics
 from audiossl.models.classifier import AudioClassifier, HeadConfig, pool_tokens
 from audiossl.models.encoder import AudioEncoder, EncoderConfig, encoder_config
 from audiossl.objectives.base import (

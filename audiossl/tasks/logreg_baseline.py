@@ -8,12 +8,12 @@ the training split and scored on the evaluation split.
 * single-label data: one multinomial model; scores are its class probabilities;
 * multi-label data: one binary model per class (a class with one value in training gets that value as its score).
 
-Metrics are :func:`audiossl.metrics.classification_metrics` of the scores (``accuracy``, ``mAP``, ``mAUC``,
+Metrics are :func:`audiossl.tasks.metrics.classification_metrics` of the scores (``accuracy``, ``mAP``, ``mAUC``,
 ``d_prime``), so they are comparable with ``audiossl evaluate``. ``temporal=True`` adds time statistics to the
 features (per-band standard deviation, mean absolute frame difference, modulation energy, a time-frequency tilt):
 a linear model that sees some time structure.
 
-    python -m audiossl.baseline DIR [--temporal]
+    python -m audiossl.tasks.logreg_baseline DIR [--temporal]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def logreg_baseline(root: str, train_split: str = "train", eval_split: str | Non
     import time
 
     from audiossl.data.manifest import read_manifest
-    from audiossl.metrics import classification_metrics
+    from audiossl.tasks.metrics import classification_metrics
 
     t0 = time.perf_counter()
     m = read_manifest(root)
@@ -142,7 +142,7 @@ def logreg_baseline(root: str, train_split: str = "train", eval_split: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m audiossl.baseline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m audiossl.tasks.logreg_baseline", description=__doc__.split("\n\n")[0])
     p.add_argument("root", help="a prepared dataset folder (manifest.json + shards)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default=None)
