@@ -1,5 +1,5 @@
 import sys
 
-from audiossl.cli import main
+from audiossl.cli.main import main
 
 sys.exit(main())

@@ -430,7 +430,7 @@ def run_one(work: Path, name: str, state: dict) -> dict:
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
     from audiossl.tasks.evaluate import evaluate
-    from audiossl.train_cli import finetune, pretrain
+    from audiossl.cli.train import finetune, pretrain
 
     order, pre_steps, ft_steps, extra = RUNS[name]
     data = str(work / f"shards_{order}")

@@ -25,7 +25,7 @@ def synth_root(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def pretrained(synth_root, tmp_path_factory) -> str:
     """An eat_tiny pretraining checkpoint after 2 steps on ``synth_root``."""
-    from audiossl.train_cli import pretrain
+    from audiossl.cli.train import pretrain
 
     root = str(tmp_path_factory.mktemp("pretrained"))
     assert pretrain(["--config", config("pretrain", "eat_tiny.yaml"), "--data.root", synth_root,

@@ -230,7 +230,7 @@ def test_bat_tiny_learns_on_a_fixed_batch():
 
 def test_bat_tiny_pretrains_with_the_cli_and_exports(synth_root, tmp_path):
     from audiossl.hub.export import export_checkpoint, load_model
-    from audiossl.train_cli import pretrain
+    from audiossl.cli.train import pretrain
 
     root = str(tmp_path / "run")
     assert pretrain(["--config", config("pretrain", "bat_tiny.yaml"), "--data.root", synth_root,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import audiossl
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.convert import ConversionError, convert_beats
 from audiossl.data.labels import audioset_labels
 from audiossl.models import create_encoder

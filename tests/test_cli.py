@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from audiossl import __version__
-from audiossl.cli import VERBS, main
+from audiossl.cli.main import VERBS, main
 
 
 def test_help_lists_verbs(capsys):

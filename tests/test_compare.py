@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import synth_root  # noqa: F401  (fixture)
 
-from audiossl.compare import (
+from audiossl.cli.compare import (
     PRETRAIN_CONFIG, count_step_flops, markdown, parse_budget, parse_encoder, recipe_configs, steps_for,
 )
 from audiossl.errors import UserError
@@ -19,7 +19,7 @@ ARGS = ["--objectives", "mae,eat", "--budget", "steps:4", "--finetune-steps", "2
 
 @pytest.fixture(scope="module")
 def compared(synth_root, tmp_path_factory):
-    from audiossl.compare import main
+    from audiossl.cli.compare import main
 
     out = tmp_path_factory.mktemp("compare") / "out"
     assert main(["--data", synth_root, "--out", str(out), *ARGS]) == 0
@@ -46,7 +46,7 @@ def test_outputs(compared):
 
 
 def test_rerun_continues(compared, synth_root):
-    from audiossl.compare import main
+    from audiossl.cli.compare import main
 
     before = json.loads((compared / "compare.json").read_text())
     os.remove(compared / "runs" / "eat" / "finetune" / "result.json")  # as if killed after training, before eval
@@ -69,7 +69,7 @@ def test_rerun_continues(compared, synth_root):
 def test_interrupted_invocations_count_toward_a_runs_seconds(tmp_path):
     import time
 
-    from audiossl.compare import _timed
+    from audiossl.cli.compare import _timed
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt), _timed(run):  # Ctrl-C mid-run

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import audiossl
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.convert import ConversionError, convert_audiomae, convert_eat, convert_hf_ast
 
 D, DEPTH, HEADS, MEL = 64, 2, 4, 128

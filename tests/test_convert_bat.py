@@ -11,7 +11,7 @@ from bat_reference import bat_encoder, bat_state_dict
 from safetensors.torch import save_file
 
 import audiossl
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.convert import ConversionError, convert_bat
 from audiossl.frontend.features import FrontEnd
 

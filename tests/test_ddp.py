@@ -244,7 +244,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path):
 def test_teacher_moves_once_per_optimizer_step_and_step_checkpoints_hold_it(synth_root, tmp_path, monkeypatch):
     from audiossl.objectives import PretrainModule
     from audiossl.objectives.ema import EMATeacher
-    from audiossl.train_cli import build_cli
+    from audiossl.cli.train import build_cli
 
     steps: list[int] = []
     real_update = EMATeacher.update

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from audiossl.demo import assign_splits, main
+from audiossl.cli.demo import assign_splits, main
 from audiossl.errors import UserError
 from data_prep.folder import Row
 
@@ -97,7 +97,7 @@ def test_demo_on_own_csv_with_seeded_stratified_split(tmp_path, capsys):
 
 
 def test_recipe_options_and_their_errors(tmp_path):
-    from audiossl.demo import REPO, config_steps
+    from audiossl.cli.demo import REPO, config_steps
 
     assert config_steps(REPO / "configs" / "finetune" / "small.yaml") == 400
     (tmp_path / "nosteps.yaml").write_text("model: {}\n")

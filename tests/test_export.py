@@ -8,7 +8,7 @@ import torch
 
 import audiossl
 from audiossl.hub.reader import CheckpointError, classifier_from_checkpoint, encoder_from_checkpoint, read_checkpoint
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.hub.export import ExportError, load_model, save_model
 from audiossl.models.classifier import AudioClassifier, MissingHeadError
 

@@ -210,7 +210,7 @@ def test_layer_decay_scales_follow_eat():
 
 
 def _finetune(root: str, data: str, *extra: str, steps: int = 4) -> None:
-    from audiossl.train_cli import finetune
+    from audiossl.cli.train import finetune
 
     assert finetune(["--config", config("finetune", "tiny.yaml"), "--data.root", data,
                      "--trainer.max_steps", str(steps), "--trainer.default_root_dir", root,
@@ -500,7 +500,7 @@ def test_epoch_weight_average_is_ast_validate_wa(pretrained, synth_root, tmp_pat
 @pytest.mark.parametrize("recipe", ["as20k_audiomae.yaml", "esc50_ast.yaml", "as2m_ast.yaml"])
 def test_audiomae_and_ast_recipes_run(recipe, synth_root, tmp_path):
     """The AudioMAE/AST recipes train as written (epochs, step schedule, averaging), on a tiny encoder."""
-    from audiossl.train_cli import finetune
+    from audiossl.cli.train import finetune
 
     tiny = "{name: vit_tiny, depth: 2, embed_dim: 64, num_heads: 4, block_style: pre}"
     extra = ["--data.eval_split", "eval", "--data.eval_fold", "null"] if "esc50" in recipe else []

@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT
 
 LAYERED = ["audiossl.models.runners", "audiossl.models.inference", "audiossl.models.classifier", "audiossl.hub.reader",
-           "audiossl.hub.export", "audiossl.convert", "audiossl.predict_cli"]
+           "audiossl.hub.export", "audiossl.convert", "audiossl.cli.predict"]
 
 
 @pytest.mark.parametrize("module", LAYERED)

@@ -5,10 +5,10 @@ import pytest
 import soundfile as sf
 from matplotlib.image import imread
 
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.hub.export import save_model
 from audiossl.models.classifier import AudioClassifier
-from audiossl.plot import plot_training_curves, read_scalars
+from audiossl.cli.plot import plot_training_curves, read_scalars
 
 
 def _png(path, width, height):

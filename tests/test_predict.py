@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.hub.export import export_onnx, load_model, save_model
 from audiossl.models.inference import OnnxRunner, TorchRunner, predict_files
 from audiossl.models.classifier import AudioClassifier

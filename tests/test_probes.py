@@ -171,9 +171,9 @@ def _probe(root, data, init, *extra, steps=3):
 
 @pytest.mark.parametrize("probe", ["cgp", "linear"])
 def test_probe_cli_trains_head_only_and_exports_like_a_classifier(probe, pretrained, synth_root, tmp_path):
-    from audiossl.cli import main as cli
+    from audiossl.cli.main import main as cli
     from audiossl.hub.export import export_checkpoint, load_model
-    from audiossl.train_cli import latest_checkpoint
+    from audiossl.cli.train import latest_checkpoint
 
     root = str(tmp_path / "probe")
     _probe(root, synth_root, pretrained, "--model.probe", probe, "--model.roll", "true")
@@ -214,7 +214,7 @@ def test_probe_takes_the_teacher_and_model_directories(pretrained, tmp_path):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(config("probe", "*.yaml"))), ids=os.path.basename)
 def test_probe_config_instantiates_and_builds(path, pretrained, synth_root, tmp_path):
-    from audiossl.train_cli import build_cli
+    from audiossl.cli.train import build_cli
 
     cli = build_cli(ProbeModule, ["--config", path, "--data.root", synth_root, "--model.init_from", pretrained,
                                   "--model.num_prototypes", "32", "--trainer.default_root_dir", str(tmp_path),

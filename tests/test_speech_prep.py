@@ -112,7 +112,7 @@ def test_deterministic_whatever_the_workers_and_class_order(slice_dir, tmp_path)
 
 @needs_tools
 def test_cli_builds_and_converts_with_prep_folder(tmp_path, capsys):
-    from audiossl.cli import main
+    from audiossl.cli.main import main
     from audiossl.data.manifest import read_manifest
 
     out, shards = tmp_path / "bench", tmp_path / "shards"

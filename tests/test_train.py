@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import config, synth_root, tb_scalars  # noqa: F401  (fixture)
 
-from audiossl.train_cli import build_cli, latest_checkpoint, pretrain
+from audiossl.cli.train import build_cli, latest_checkpoint, pretrain
 
 CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
 PRETRAIN_YAMLS = sorted(glob.glob(config("pretrain", "*.yaml")))

@@ -15,7 +15,7 @@ import torch
 from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 
 from audiossl.hub.reader import CheckpointError, safe_torch_load
-from audiossl.cli import main
+from audiossl.cli.main import main
 from audiossl.errors import UserError
 
 
@@ -201,7 +201,7 @@ def test_a_run_resumes_from_its_own_saved_config(pretrained, tmp_path):
 
 def test_demo_replaces_only_its_own_runs(tmp_path, monkeypatch):
     """A re-run of the demo into a folder replaces the demo's run folders and leaves any other run alone."""
-    from audiossl import demo
+    from audiossl.cli import demo
 
     mine = tmp_path / "runs" / "my_run" / "checkpoints"
     mine.mkdir(parents=True)

@@ -248,6 +248,6 @@ class ProbeModule(SeededSteps, L.LightningModule):
 
 def main(argv: list[str]) -> int:
     """``audiossl probe``: ``ProbeModule`` on labelled data (LightningCLI, like ``audiossl finetune``)."""
-    from audiossl.train_cli import run
+    from audiossl.cli.train import run
 
     return run(ProbeModule, argv, "runs/probe", subclass_mode=False)

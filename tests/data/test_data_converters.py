@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from datahelpers import read_json, write_audio
 
-from audiossl.cli import main as cli_main
+from audiossl.cli.main import main as cli_main
 from audiossl.data.labels import audioset_labels, esc50_labels
 from audiossl.data.manifest import read_manifest
 from audiossl.data.writer import WriterOptions

@@ -17,7 +17,7 @@ from datahelpers import build, make_clips, shard_keys, write_audio
 from objstore import S3_ENV, Faults, make_bucket, moto_server, proxy, require_s3, reset_fsspec
 from torch.utils.data import DataLoader
 
-from audiossl.cli import main as cli_main
+from audiossl.cli.main import main as cli_main
 from audiossl.data import AudioDataModule, storage
 from audiossl.data.manifest import read_manifest
 from audiossl.data.stats import compute_stats

@@ -12,7 +12,7 @@ import torchaudio
 from datahelpers import build, render_tone, shard_keys
 
 from audiossl.frontend import audio
-from audiossl.cli import main as cli_main
+from audiossl.cli.main import main as cli_main
 from audiossl.data import AudioDataModule
 from audiossl.data.manifest import read_manifest
 from audiossl.data.pipeline import read_shard

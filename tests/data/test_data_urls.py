@@ -15,7 +15,7 @@ from datahelpers import build, make_clips, shard_keys
 from objstore import Faults, file_server
 from torch.utils.data import DataLoader
 
-from audiossl.cli import main as cli_main
+from audiossl.cli.main import main as cli_main
 from audiossl.data import AudioDataModule, storage
 from audiossl.data.stats import compute_stats
 from audiossl.errors import OutputPathError

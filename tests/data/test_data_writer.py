@@ -202,7 +202,7 @@ def test_a_class_sorted_csv_gives_mixed_shards_and_keep_order_keeps_it(tmp_path)
     """120 clips listed class by class (10 classes x 12) into shards of 12: in input order every shard would hold
     one class (distance 0.9 from the overall distribution); shuffled, a random 12 of the 120. Over 2000 random
     orders the mean distance is 0.33 (99.9 % below 0.42) and the largest 0.45 (99.9 % below 0.62)."""
-    from audiossl.cli import main as cli_main
+    from audiossl.cli.main import main as cli_main
 
     audio_dir = tmp_path / "audio"
     rows = ["path,labels"]

@@ -121,7 +121,7 @@ class AudioSSLCLI(LightningCLI):
                               "init_args": {"dirpath": os.path.join(root, "checkpoints")}})
         if not any("RequeueOnSignal" in str(getattr(c, "class_path", c)) for c in callbacks):
             # SIGUSR1 (SLURM's --signal=SIGUSR1@90): save hpc_ckpt_N.ckpt at the next step on all ranks, requeue, stop
-            callbacks.append({"class_path": "audiossl.preemption.RequeueOnSignal"})
+            callbacks.append({"class_path": "audiossl.cli.preemption.RequeueOnSignal"})
         t.callbacks = callbacks
         plugins = t.plugins if isinstance(t.plugins, list) else ([t.plugins] if t.plugins else [])
         if not any("CheckpointIO" in str(getattr(p, "class_path", p)) for p in plugins):

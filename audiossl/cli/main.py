@@ -60,19 +60,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- the verbs --------------------------------------------------------------------------------------------------
-register_verb("prep", "audiossl.data.prep_cli:prep", "convert a dataset into shards: folder, esc50, audioset, synth")
-register_verb("stats", "audiossl.data.prep_cli:stats", "fbank mean/std of a prepared dataset, into its manifest")
-register_verb("pretrain", "audiossl.train_cli:pretrain", "self-supervised pretraining (MAE, EAT, A-JEPA, SSLAM, BAT)")
-register_verb("finetune", "audiossl.train_cli:finetune", "fine-tune an encoder into a classifier (or a linear probe)")
+register_verb("prep", "audiossl.cli.prep:prep", "convert a dataset into shards: folder, esc50, audioset, synth")
+register_verb("stats", "audiossl.cli.prep:stats", "fbank mean/std of a prepared dataset, into its manifest")
+register_verb("pretrain", "audiossl.cli.train:pretrain", "self-supervised pretraining (MAE, EAT, A-JEPA, SSLAM, BAT)")
+register_verb("finetune", "audiossl.cli.train:finetune", "fine-tune an encoder into a classifier (or a linear probe)")
 register_verb("probe", "audiossl.tasks.probe:main", "train a probe (CGP, linear, LCGP, Head2Toe) on a frozen encoder")
 register_verb("evaluate", "audiossl.tasks.evaluate:main", "mAP / mAUC / d-prime / accuracy of a classifier on a split")
-register_verb("compare", "audiossl.compare:main", "every objective on one encoder, data and budget: one table")
-register_verb("demo", "audiossl.demo:main", "the end-to-end demo: synthetic corpus (make demo) or your own CSV (--csv)")
-register_verb("bench", "audiossl.bench:main", "benchmarks: front end, encoder, training steps (ratios vs baselines)")
+register_verb("compare", "audiossl.cli.compare:main", "every objective on one encoder, data and budget: one table")
+register_verb("demo", "audiossl.cli.demo:main", "the end-to-end demo: synthetic corpus (make demo) or your own CSV (--csv)")
+register_verb("bench", "audiossl.cli.bench:main", "benchmarks: front end, encoder, training steps (ratios vs baselines)")
 register_verb("export", "audiossl.hub.export:main", "checkpoint -> model.safetensors + config.json (+ ONNX)")
-register_verb("predict", "audiossl.predict_cli:main", "top-k labels of audio files with an exported model")
+register_verb("predict", "audiossl.cli.predict:main", "top-k labels of audio files with an exported model")
 register_verb("convert", "audiossl.convert:main", "import published AST/EAT/SSLAM/AudioMAE/BAT weights")
-register_verb("plot", "audiossl.plot:main", "plots: log-mel, predictions over time, training curves")
+register_verb("plot", "audiossl.cli.plot:main", "plots: log-mel, predictions over time, training curves")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from audiossl.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OBJECTIVES = ("eat", "mae", "jepa", "sslam")
 RECIPES = ("tiny", "small")
 
@@ -209,7 +209,7 @@ def _log_every(steps: int) -> int:
 
 
 def pretrain(cfg: Path, data: str, root: Path, steps: int, workers: int) -> str:
-    from audiossl.train_cli import pretrain as run
+    from audiossl.cli.train import pretrain as run
 
     run(["--config", str(cfg), "--data.root", data, "--trainer.max_steps", str(steps),
          "--trainer.default_root_dir", str(root), "--checkpoint_every_n_steps", str(steps),
@@ -218,7 +218,7 @@ def pretrain(cfg: Path, data: str, root: Path, steps: int, workers: int) -> str:
 
 
 def finetune(cfg: Path, data: str, root: Path, steps: int, workers: int, *extra: str) -> str:
-    from audiossl.train_cli import finetune as run
+    from audiossl.cli.train import finetune as run
 
     run(["--config", str(cfg), "--data.root", data, "--trainer.max_steps", str(steps),
          "--trainer.val_check_interval", str(steps), "--trainer.default_root_dir", str(root),
@@ -249,7 +249,7 @@ def export_and_plot(ckpt: str, labelled: str, out: Path) -> dict:
     from audiossl.data.manifest import read_manifest
     from audiossl.data.pipeline import read_shard
     from audiossl.hub.export import export_checkpoint, load_model
-    from audiossl.plot import plot_predictions, plot_training_curves
+    from audiossl.cli.plot import plot_predictions, plot_training_curves
 
     export_checkpoint(ckpt, out / "model")
     model = load_model(out / "model")

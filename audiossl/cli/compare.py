@@ -45,7 +45,7 @@ import torch
 from audiossl.errors import UserError
 from audiossl.tasks.evaluate import json_safe
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PRETRAIN_CONFIG = {"mae": "mae", "eat": "eat", "jepa": "jepa", "sslam": "sslam", "beats": "beats_iter1", "bat": "bat"}
 BUDGETS = ("steps", "flops", "seconds")
 # the encoder size every objective gets by default, per recipe (BEATs' tiny config is smaller than the others')
@@ -203,7 +203,7 @@ def pretrain_run(cfg: Path, data: str, run: Path, steps: int, encoder: dict, see
             "--data.seed", str(seed), "--model.init_args.seed", str(seed), "--data.num_workers", str(workers),
             "--checkpoint_every_n_steps",
             str(checkpoint_every), "--trainer.log_every_n_steps", str(max(1, min(10, steps // 10))),
-            "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=audiossl.compare.StepProfile"]
+            "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=audiossl.cli.compare.StepProfile"]
     for k, v in encoder.items():
         args += [f"--model.init_args.encoder.{k}", str(v)]
     if _progress(run):
@@ -226,7 +226,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
         return r
     from audiossl.hub.reader import classifier_from_checkpoint
     from audiossl.data import AudioDataModule
-    from audiossl.demo import finetune
+    from audiossl.cli.demo import finetune
     from audiossl.tasks.evaluate import evaluate
 
     with _timed(run) as elapsed:
@@ -325,7 +325,7 @@ def plot(summary: dict, path: Path) -> None:
 
 # --- the verb ----------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from audiossl.demo import Stages, baseline, config_steps, prepare_csv
+    from audiossl.cli.demo import Stages, baseline, config_steps, prepare_csv
 
     ap = argparse.ArgumentParser(prog="audiossl compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

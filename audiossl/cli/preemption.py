@@ -15,7 +15,7 @@ all-reduce of a boolean) on whether anyone was signalled; if so, at that same st
    ``scontrol requeue`` itself, as Lightning does. SLURM then puts the job back in the queue.
 
 The requeued job keeps its job id, so a run directory keyed on ``$SLURM_JOB_ID`` is the same, and
-``--ckpt_path last`` (see :func:`audiossl.train_cli.latest_checkpoint`) resumes from the newest checkpoint there.
+``--ckpt_path last`` (see :func:`audiossl.cli.train.latest_checkpoint`) resumes from the newest checkpoint there.
 Outside SLURM the same signal saves and stops without requeueing (``kill -USR1 <rank-0 pid>`` on a workstation).
 
 The handler is installed when the callback is built (a signal during start-up must not kill a process: SIGUSR1's
