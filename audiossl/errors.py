@@ -7,7 +7,6 @@ and exits with status 1; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 
 class UserError(Exception):
@@ -51,53 +50,6 @@ class CheckpointError(UserError, ValueError):
 
 class ExportError(UserError, ValueError):
     """An export directory that cannot be written or read, or an ONNX graph that disagrees with PyTorch."""
-
-
-def _refuse_url(path, what: str, error) -> None:
-    """A URL where a local path is needed is an error, never a folder named ``s3:`` (see ``audiossl.data.storage``)."""
-    from audiossl.data.storage import is_url
-
-    if is_url(path):
-        raise error(f"{what} {path} is a URL; this needs a local path (datasets may live at s3://, gs://, https:// "
-                    "and pipe: URLs: `prep --out` and `--data.root` accept them)")
-
-
-def input_file(path: str | Path, what: str) -> Path:
-    """``path`` as an existing file; ``InputPathError`` naming ``what`` otherwise."""
-    _refuse_url(path, what, InputPathError)
-    path = Path(path)
-    if path.is_dir():
-        raise InputPathError(f"{what} {path} is a folder, not a file")
-    if not path.is_file():
-        raise InputPathError(f"{what} {path} does not exist")
-    return path
-
-
-def output_dir(path: str | Path, what: str = "--out", create: bool = True) -> Path:
-    """``path`` as a folder to write into (created unless ``create=False``); a clear error when a file is in the way
-    or ``path`` is a URL."""
-    _refuse_url(path, what, OutputPathError)
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{what} {path} is a file; give a folder path (it is created if missing)")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise OutputPathError(f"{what} {path}: {parent} is a file, not a folder")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def output_file(path: str | Path, what: str = "--out", inputs: tuple = (), create: bool = True) -> Path:
-    """``path`` as a file to write (its folder created); refuses a folder, a URL and any of ``inputs``."""
-    _refuse_url(path, what, OutputPathError)
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"{what} {path} is a folder; give a file path")
-    if path.exists() and any(Path(i).exists() and path.samefile(i) for i in inputs):
-        raise OutputPathError(f"{what} {path} is the input file; refusing to overwrite it")
-    output_dir(path.parent, f"the folder of {what}", create)
-    return path
 
 
 def resolve_device(name: str = "auto"):

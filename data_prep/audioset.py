@@ -33,7 +33,7 @@ from audiossl.data.labels import audioset_labels
 from audiossl.data.writer import (
     MISSING, Clip, LazyClips, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import input_file
+from audiossl.data.storage import input_file
 from data_prep import report_bad_input
 
 EVAL_SPLITS = ("eval",)

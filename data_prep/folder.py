@@ -32,7 +32,7 @@ from audiossl.data.labels import LabelSpace, read_label_file
 from audiossl.data.writer import (
     MISSING, Clip, WriterOptions, add_writer_args, options_from_args, safe_key, write_dataset,
 )
-from audiossl.errors import input_file
+from audiossl.data.storage import input_file
 from data_prep import report_bad_input
 
 COLUMNS = ("path", "labels", "split", "fold")

@@ -49,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audiossl.errors import UserError, output_dir
+from audiossl.data.storage import output_dir
+from audiossl.errors import UserError
 
 SAMPLE_RATE = 16000
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

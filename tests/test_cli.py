@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from audiossl import __version__
+from audiossl.version import __version__
 from audiossl.cli.main import VERBS, main
 
 

@@ -15,7 +15,8 @@ from helpers import config, pretrained, synth_root  # noqa: F401  (fixtures)
 
 from audiossl.models.classifier import AudioClassifier, HeadConfig
 from audiossl.tasks.probe_memory import cgp_step_memory, measure_peak_bytes
-from audiossl.models.probe_heads import ConvexGatedProbe, Head2ToeProbe, LayerMixProbe, asymmetric_loss
+from audiossl.models.probe_heads import ConvexGatedProbe, Head2ToeProbe, LayerMixProbe
+from audiossl.tasks.asymmetric_loss import asymmetric_loss
 from audiossl.tasks.probe import ProbeModule, probe_param_groups
 
 TINY = {"name": "vit_tiny", "depth": 2, "embed_dim": 64, "num_heads": 4}
@@ -161,9 +162,9 @@ def test_probe_optimiser_groups():
 
 # --- audiossl probe end to end -------------------------------------------------------------------------------------
 def _probe(root, data, init, *extra, steps=3):
-    from audiossl.tasks.probe import main
+    from audiossl.cli.train import probe
 
-    assert main(["--config", config("probe", "tiny.yaml"), "--data.root", data, "--model.init_from", init,
+    assert probe(["--config", config("probe", "tiny.yaml"), "--data.root", data, "--model.init_from", init,
                  "--trainer.max_steps", str(steps), "--trainer.default_root_dir", root, "--data.num_workers", "0",
                  "--trainer.enable_progress_bar", "false", "--trainer.val_check_interval", str(steps),
                  "--model.num_prototypes", "64", *extra]) == 0

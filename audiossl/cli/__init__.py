@@ -2,7 +2,7 @@
 
 * ``main``        the entry point and the verb table
 * ``prep``        ``audiossl prep NAME`` (the converters) and ``audiossl stats``
-* ``train``       ``audiossl pretrain`` and ``finetune``: LightningCLI over a module and the data
+* ``train``       ``audiossl pretrain``, ``finetune`` and ``probe``: LightningCLI over a module and the data
 * ``preemption``  checkpoint-and-requeue on SLURM's warning signal, for the training verbs
 * ``predict``     ``audiossl predict``: top-k labels of audio files
 * ``demo``        ``audiossl demo``: the whole framework end to end

@@ -244,7 +244,7 @@ def downstream_run(kind: str, cfg: Path, data: str, run: Path, steps: int, worke
                 extra += [f"--model.encoder.{k}", str(v)]
             ckpt = finetune(cfg, data, run, steps, workers, *extra)
         else:
-            from audiossl.tasks.probe import main as probe
+            from audiossl.cli.train import probe
 
             status = probe(["--config", str(cfg), "--data.root", data, "--model.init_from", init_from, "--model.probe",
                             kind, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),

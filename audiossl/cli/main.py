@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from audiossl import __version__
+from audiossl.version import __version__
 
 VERBS: dict[str, tuple[str, str]] = {}
 
@@ -64,7 +64,7 @@ register_verb("prep", "audiossl.cli.prep:prep", "convert a dataset into shards: 
 register_verb("stats", "audiossl.cli.prep:stats", "fbank mean/std of a prepared dataset, into its manifest")
 register_verb("pretrain", "audiossl.cli.train:pretrain", "self-supervised pretraining (MAE, EAT, A-JEPA, SSLAM, BAT)")
 register_verb("finetune", "audiossl.cli.train:finetune", "fine-tune an encoder into a classifier (or a linear probe)")
-register_verb("probe", "audiossl.tasks.probe:main", "train a probe (CGP, linear, LCGP, Head2Toe) on a frozen encoder")
+register_verb("probe", "audiossl.cli.train:probe", "train a probe (CGP, linear, LCGP, Head2Toe) on a frozen encoder")
 register_verb("evaluate", "audiossl.tasks.evaluate:main", "mAP / mAUC / d-prime / accuracy of a classifier on a split")
 register_verb("compare", "audiossl.cli.compare:main", "every objective on one encoder, data and budget: one table")
 register_verb("demo", "audiossl.cli.demo:main", "the end-to-end demo: synthetic corpus (make demo) or your own CSV (--csv)")

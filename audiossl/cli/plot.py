@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
         ap.error("--width and --height must be at least 1")
     from audiossl.frontend.audio import AudioDecodeError
     from audiossl.hub.reader import CheckpointError
-    from audiossl.errors import output_file
+    from audiossl.data.storage import output_file
     from audiossl.hub.export import ExportError, load_model
 
     inputs = (args.file,) if args.what != "curves" else ()

@@ -317,3 +317,10 @@ def finetune(argv: list[str]) -> int:
     from audiossl.tasks.finetune import FinetuneModule
 
     return run(FinetuneModule, argv, "runs/finetune", subclass_mode=False, keep_best=True)
+
+
+def probe(argv: list[str]) -> int:
+    """``audiossl probe``: ``ProbeModule`` on labelled data (LightningCLI, like ``audiossl finetune``)."""
+    from audiossl.tasks.probe import ProbeModule
+
+    return run(ProbeModule, argv, "runs/probe", subclass_mode=False)

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from audiossl.errors import input_file
+from audiossl.data.storage import input_file
 
 _PACKAGED = {
     "audioset": "audioset_class_labels_indices.csv",

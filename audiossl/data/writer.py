@@ -59,7 +59,8 @@ from audiossl.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from audiossl.errors import DatasetError, output_dir
+from audiossl.data.storage import output_dir
+from audiossl.errors import DatasetError
 
 REJECTED_NAME = "rejected.tsv"
 MISSING = "missing"  # the reason recorded for inputs that do not exist

@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from audiossl import __version__
+from audiossl.version import __version__
 from audiossl.hub.reader import (  # noqa: F401  (reading exports lives with reading checkpoints; re-exported here)
     CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_model, model_from_checkpoint, read_config, read_safetensors,
 )
 from audiossl.data.manifest import atomic_write
-from audiossl.errors import CheckpointError, ExportError, output_dir
+from audiossl.data.storage import output_dir
+from audiossl.errors import CheckpointError, ExportError
 from audiossl.models.classifier import AudioClassifier
 from audiossl.models.runners import OnnxRunner
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from audiossl import __version__
+from audiossl.version import __version__
 from audiossl.errors import CheckpointError, ExportError
 from audiossl.frontend.features import FrontEndConfig
 from audiossl.models.classifier import AudioClassifier, HeadConfig

@@ -1,5 +1,9 @@
 """Inference on audio: ``predict`` (top-k labels), ``embed`` (clip + frame embeddings), windowed long files, batched
-across files, with PyTorch or ONNX Runtime; and the ``audiossl predict`` verb.
+across files, with PyTorch or ONNX Runtime (``audiossl predict`` is its verb).
+
+It knows a model only by its methods and attributes (``front_end``, ``outputs`` through a runner, ``probabilities``,
+``label_names``, ``has_head``, ``encoder``), so it sits below ``AudioClassifier``, whose ``predict`` and ``embed``
+call it; it imports no model class.
 
 A model sees ``target_length`` frames at a time (its *window*, 10.24 s for the AudioSet recipes). Shorter clips are
 zero-padded exactly as in training (``model.front_end``). Longer clips are cut into windows: the log-mel of the whole
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Union
+from typing import Iterable, Iterator, Union
 
 import numpy as np
 import torch
@@ -22,9 +26,6 @@ import torch
 from audiossl.frontend import audio as audio_io
 from audiossl.errors import MissingHeadError
 from audiossl.models.runners import OnnxRunner, TorchRunner, make_runner  # noqa: F401  (part of this module's API)
-
-if TYPE_CHECKING:
-    from audiossl.models.classifier import AudioClassifier
 
 AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, torch.Tensor, np.ndarray]
 AGGREGATIONS = ("max", "mean")
@@ -179,7 +180,7 @@ class _Pending:
 
 
 def predict_files(
-    model: AudioClassifier,
+    model: torch.nn.Module,
     sources: Iterable[AudioInput],
     top_k: int = 5,
     batch_size: int = 8,
@@ -252,7 +253,7 @@ def predict_files(
             return
 
 
-def _finish(item: _Pending, model: AudioClassifier, k: int, aggregate: str) -> FileResult:
+def _finish(item: _Pending, model: torch.nn.Module, k: int, aggregate: str) -> FileResult:
     r = item.result
     if r.error is None:
         r.window_probabilities = torch.stack([p for _, p in sorted(item.probs, key=lambda t: t[0])])  # [W, C]
@@ -266,7 +267,7 @@ def _no_head_reason() -> str:
             "embeddings, or fine-tune it into a classifier")
 
 
-def predict(model: AudioClassifier, audio: AudioInput, top_k: int = 5, sample_rate: int | None = None,
+def predict(model: torch.nn.Module, audio: AudioInput, top_k: int = 5, sample_rate: int | None = None,
             hop: float | None = None, aggregate: str = "max", runner=None) -> list[tuple[str, float]]:
     """Top-k ``[(label, probability), ...]`` for one clip; see ``AudioClassifier.predict``."""
     (res,) = list(predict_files(model, [audio], top_k, hop=hop, aggregate=aggregate, runner=runner,
@@ -276,7 +277,7 @@ def predict(model: AudioClassifier, audio: AudioInput, top_k: int = 5, sample_ra
     return res.predictions
 
 
-def windowed_probabilities(model: AudioClassifier, audio: AudioInput, window: float, hop: float,
+def windowed_probabilities(model: torch.nn.Module, audio: AudioInput, window: float, hop: float,
                            sample_rate: int | None = None, batch_size: int = 8, runner=None):
     """Class probabilities of windows ``window`` seconds long every ``hop`` seconds (each window padded to the model's
     input as a clip of that length would be). Returns ``(start_seconds [W], probabilities [W, C], log_mel [T, F])``."""
@@ -301,7 +302,7 @@ def windowed_probabilities(model: AudioClassifier, audio: AudioInput, window: fl
 
 
 # --- embed -------------------------------------------------------------------------------------------------------
-def embed(model: AudioClassifier, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8,
+def embed(model: torch.nn.Module, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8,
           runner=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(clip embedding ``[D]``, frame embeddings ``[N, D]``) of one clip; see ``AudioClassifier.embed``.
 

@@ -1,6 +1,6 @@
-"""Probe heads over every block of a frozen encoder (BAT's ``models/heads.py``, ``reference/methods-bat.md`` §4), and
-the asymmetric loss BAT probes AudioSet with. Pure torch, any audiossl encoder (post- or pre-LN, with or without a
-CLS, padded or not).
+"""Probe heads over every block of a frozen encoder (BAT's ``models/heads.py``, ``reference/methods-bat.md`` §4). Pure
+torch, any audiossl encoder (post- or pre-LN, with or without a CLS, padded or not). The loss BAT trains them with on
+AudioSet is ``audiossl.tasks.asymmetric_loss``.
 
 Every head takes the per-block outputs ``layers`` (a list of ``L`` tensors ``[B, P + N, D]``: ``P`` prefix tokens,
 then ``N`` patches; ``AudioEncoder.forward_tokens(..., return_layers=True)``) and the padding mask ``valid [B, N]``
@@ -144,23 +144,3 @@ def build_layer_probe(kind: str, dim: int, num_layers: int, num_classes: int, nu
     if kind == "h2t":
         return Head2ToeProbe(dim, num_layers, num_classes, dropout, norm_eps)
     raise ValueError(f"probe must be 'linear' or one of {LAYER_PROBES}, got {kind!r}")
-
-
-def asymmetric_loss(logits: torch.Tensor, target: torch.Tensor, gamma_neg: float = 1.0, gamma_pos: float = 0.0,
-                    clip: float = 0.0, eps: float = 1e-8) -> torch.Tensor:
-    """Asymmetric loss (Ridnik et al.; BAT's ``AsymmetricLossMultiLabel``, reduction mean over all ``B x C``):
-    ``-mean(w * [y log p + (1 - y) log(1 - p_m)])`` with ``p = sigmoid(logits)``, ``p_m = min(1, 1 - p + clip)``
-    and the focusing weight ``w = (1 - pt)^gamma`` (``pt = p`` for positives, ``p_m`` for negatives; ``gamma_pos`` /
-    ``gamma_neg``) held out of the gradient. BAT probes AudioSet with ``gamma_neg 1, gamma_pos 0, clip 0``."""
-    p = torch.sigmoid(logits.float())
-    y = target.float()
-    p_neg = 1.0 - p
-    if clip and clip > 0:
-        p_neg = (p_neg + clip).clamp(max=1.0)
-    loss = y * torch.log(p.clamp(min=eps)) + (1 - y) * torch.log(p_neg.clamp(min=eps))
-    if gamma_neg > 0 or gamma_pos > 0:
-        with torch.no_grad():
-            pt = p * y + p_neg * (1 - y)
-            w = torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
-        loss = loss * w
-    return -loss.mean()

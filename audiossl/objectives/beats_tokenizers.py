@@ -7,7 +7,7 @@
   BEST-RQ's: normalised input, l2-normalised projections and codewords (cosine nearest neighbour). Both tensors are
   buffers, so the checkpoint holds them and a resumed run keeps the same labels.
 * ``DistilledTokenizer`` (iterations >= 2): a BEATs encoder -> ``Linear(D, D) -> Tanh -> Linear(D, code_dim)`` ->
-  the ``NormEMAQuantizer`` codebook, trained by ``BEATsTokenizer`` (``beats_tokenizer.py``) and loaded frozen here
+  the ``NormEMAQuantizer`` codebook, trained by ``BEATsTokenizer`` (``beats_tokenizer_training.py``) and loaded frozen here
   from that run's checkpoint.
 
 Both give ``codes [B, N]`` on the encoder's patch grid (time-major), for the batch's ``num_frames`` (real frames).

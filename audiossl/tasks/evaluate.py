@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audiossl.errors import DatasetError, UserError, output_dir, resolve_device
+from audiossl.data.storage import output_dir
+from audiossl.errors import DatasetError, UserError, resolve_device
 from audiossl.tasks.metrics import classification_metrics
 
 

@@ -1,4 +1,4 @@
-"""``ProbeModule`` and ``audiossl probe``: a probe head trained on a frozen encoder, BAT's recipes
+"""``ProbeModule`` (``audiossl probe``): a probe head trained on a frozen encoder, BAT's recipes
 (``reference/methods-bat.md`` §4).
 
     audiossl probe --config configs/probe/as20k_cgp.yaml --model.init_from PRETRAIN.ckpt --data.root DIR
@@ -35,7 +35,8 @@ from audiossl.objectives.base import (
     CHECKPOINT_FORMAT, SeededSteps, check_sample_rate, data_target_length, labelled_datamodule, resolve_front_end,
     total_steps, warmup_cosine,
 )
-from audiossl.models.probe_heads import NO_DECAY, asymmetric_loss
+from audiossl.models.probe_heads import NO_DECAY
+from audiossl.tasks.asymmetric_loss import asymmetric_loss
 
 PROBE_KINDS = ("cgp", "linear", "lcgp", "h2t")
 
@@ -244,10 +245,3 @@ class ProbeModule(SeededSteps, L.LightningModule):
             "label_names": list(m.label_names),
             "multi_label": bool(m.multi_label),
         }
-
-
-def main(argv: list[str]) -> int:
-    """``audiossl probe``: ``ProbeModule`` on labelled data (LightningCLI, like ``audiossl finetune``)."""
-    from audiossl.cli.train import run
-
-    return run(ProbeModule, argv, "runs/probe", subclass_mode=False)

@@ -80,7 +80,7 @@ def test_read_only_urls_refuse_writes_and_local_only_paths_refuse_urls(tmp_path,
     assert cli_main(["stats", "https://host/ds", "--quiet"]) == 1
     assert "--print-only" in capsys.readouterr().err
     with pytest.raises(OutputPathError, match="is a URL; this needs a local path"):
-        from audiossl.errors import output_dir
+        from audiossl.data.storage import output_dir
 
         output_dir("s3://bucket/run")
     assert os.listdir(tmp_path) == []
